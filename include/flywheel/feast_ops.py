@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +37,21 @@ def yaml_path(cfg: Config) -> Path:
     """One feature_store.yaml per environment; $FLYWHEEL_FEAST_YAML picks another."""
     override = os.environ.get("FLYWHEEL_FEAST_YAML")
     return Path(override).resolve() if override else repo_path(cfg) / "feature_store.yaml"
+
+
+@contextlib.contextmanager
+def _importable_repo(path: Path) -> Iterator[None]:
+    # apply_total chdirs into the repo and imports its files by bare module name:
+    # make that work from any caller, and give the caller its cwd and sys.path back.
+    cwd, added = os.getcwd(), str(path) not in sys.path
+    if added:
+        sys.path.insert(0, str(path))
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        if added:
+            sys.path.remove(str(path))
 
 
 @contextlib.contextmanager
@@ -66,7 +82,7 @@ def apply(cfg: Config, home: Home) -> FeatureStore:
     from feast.repo_operations import apply_total
 
     home.feast.mkdir(parents=True, exist_ok=True)
-    with _home_in_env(home):
+    with _home_in_env(home), _importable_repo(repo_path(cfg)):
         config = load_repo_config(repo_path(cfg), yaml_path(cfg))
         # Sources may still be empty folders before the first partition lands.
         apply_total(config, repo_path(cfg), skip_source_validation=True)

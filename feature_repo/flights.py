@@ -50,7 +50,15 @@ origin_weather_view = FeatureView(
     # Hourly observations; a flight may use the last reading up to 3 hours old.
     ttl=timedelta(hours=3),
     schema=_floats(
-        "temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib"
+        "temp",
+        "dewp",
+        "humid",
+        "wind_dir",
+        "wind_speed",
+        "wind_gust",
+        "precip",
+        "pressure",
+        "visib",
     ),
     source=_source("origin_weather"),
 )
@@ -87,6 +95,12 @@ route_history_view = FeatureView(
 # reading exactly what they were trained on.
 flight_delay_v1 = FeatureService(
     name="flight_delay_v1",
-    features=[flight_view, origin_weather_view, plane_view, carrier_history_view, route_history_view],
+    features=[
+        flight_view,
+        origin_weather_view,
+        plane_view,
+        carrier_history_view,
+        route_history_view,
+    ],
     description="Features of the flight-delay classifier, version 1",
 )

@@ -193,9 +193,13 @@ class Config(_Strict):
         primary = self.source.tables[self.source.primary]
         for col in self.entity.id_columns:
             if col not in primary.columns:
-                raise ValueError(f"entity.id_columns: '{col}' is not a column of '{self.source.primary}'")
+                raise ValueError(
+                    f"entity.id_columns: '{col}' is not a column of '{self.source.primary}'"
+                )
         if self.label.column not in primary.columns:
-            raise ValueError(f"label.column: '{self.label.column}' is not a column of the primary table")
+            raise ValueError(
+                f"label.column: '{self.label.column}' is not a column of the primary table"
+            )
         if self.task == "classification" and self.label.threshold is None:
             raise ValueError("label.threshold: classification needs a threshold")
         if self.task == "regression" and self.label.threshold is not None:
@@ -207,7 +211,9 @@ class Config(_Strict):
                     raise ValueError(f"{where}.table: '{view.table}' is not a source table")
                 table = self.source.tables[view.table]
                 if isinstance(view, TableView) and table.timestamp is None:
-                    raise ValueError(f"{where}: table '{view.table}' has no timestamp; use kind dimension")
+                    raise ValueError(
+                        f"{where}: table '{view.table}' has no timestamp; use kind dimension"
+                    )
                 # Every key must also be on the primary table, or nothing joins.
                 for key in view.keys:
                     if key not in table.columns or key not in primary.columns:
@@ -215,7 +221,9 @@ class Config(_Strict):
                 cols = view.columns if isinstance(view, TableView) else list(view.columns)
                 for col in cols:
                     if col not in table.columns:
-                        raise ValueError(f"{where}.columns: '{col}' is not a column of '{view.table}'")
+                        raise ValueError(
+                            f"{where}.columns: '{col}' is not a column of '{view.table}'"
+                        )
             else:
                 cols = view.columns if isinstance(view, RowView) else view.keys
                 for col in cols:
@@ -225,7 +233,9 @@ class Config(_Strict):
                     for expr in view.derived.values():
                         m = _DERIVED.match(expr)
                         if m and m["column"] != primary.timestamp:
-                            raise ValueError(f"{where}.derived: {expr!r} must use '{primary.timestamp}'")
+                            raise ValueError(
+                                f"{where}.derived: {expr!r} must use '{primary.timestamp}'"
+                            )
         names = self.feature_names()
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -283,14 +293,17 @@ def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
-        # Discriminated unions put the tag into the path; keep it readable.
-        lines.append(f"  {path or '<top level>'}: {e['msg']}")
+        msg = e["msg"].removeprefix("Value error, ")
+        # Cross-field checks name their own key path at the start of the message.
+        lines.append(f"  {path}: {msg}" if path else f"  {msg}")
     return "\n".join(lines)
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
     try:
         return Config.model_validate(data)
     except ValidationError as err:

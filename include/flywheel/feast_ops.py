@@ -103,10 +103,14 @@ def check_repo(cfg: Config, fs: FeatureStore) -> None:
         view = views[name]
         got, want = [f.name for f in view.features], cfg.view_features(name)
         if sorted(got) != sorted(want):
-            problems.append(f"feature view '{name}': Feast has {sorted(got)}, config makes {sorted(want)}")
+            problems.append(
+                f"feature view '{name}': Feast has {sorted(got)}, config makes {sorted(want)}"
+            )
         keys = sorted(c.name for c in view.entity_columns)
         if keys != sorted(cfg.view_keys(name)):
-            problems.append(f"feature view '{name}': Feast joins on {keys}, config on {cfg.view_keys(name)}")
+            problems.append(
+                f"feature view '{name}': Feast joins on {keys}, config on {cfg.view_keys(name)}"
+            )
     try:
         service = fs.get_feature_service(cfg.feast.feature_service)
     except Exception as err:  # Feast raises its own not-found type per backend

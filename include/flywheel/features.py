@@ -89,11 +89,13 @@ def _table_view(cfg: Config, view: TableView, table: pd.DataFrame) -> pd.DataFra
     return out.drop_duplicates([*view.keys, EVENT_TS], keep="last")
 
 
-def _dimension_view(cfg: Config, view: DimensionView, table: pd.DataFrame, month: str) -> pd.DataFrame:
+def _dimension_view(
+    cfg: Config, view: DimensionView, table: pd.DataFrame, month: str
+) -> pd.DataFrame:
     spec = cfg.source.tables[view.table]
     out = table[view.keys].astype("string").copy()
     # A snapshot landed with month M describes the world from M's first instant on.
-    out[EVENT_TS] = pd.Timestamp(month_bounds(month)[0], tz="UTC")
+    out[EVENT_TS] = pd.Timestamp(month_bounds(month)[0], tz="UTC").as_unit("ns")
     for src, name in view.columns.items():
         out[name] = _as_feature(table[src], spec.columns[src].type)
     return out.drop_duplicates(view.keys, keep="last")
@@ -111,8 +113,9 @@ def _label_rate_view(
     delay, widest = cfg.label.delay_days, max(view.windows_days)
     label = cfg.label.name
     known = spine[spine[label].notna()]
-    days = pd.date_range(start - pd.Timedelta(days=delay + widest), end - pd.Timedelta(days=1),
-                         freq="D", tz="UTC")
+    days = pd.date_range(
+        start - pd.Timedelta(days=delay + widest), end - pd.Timedelta(days=1), freq="D", tz="UTC"
+    )
     day = known[EVENT_TS].dt.floor("D")
     known = known[(day >= days[0]) & (day <= days[-1])]
     day = known[EVENT_TS].dt.floor("D")
@@ -139,9 +142,11 @@ def _label_rate_view(
     long = long[long[f"{name}_count_{widest}d"].notna()]
     for key in keys:
         long[key] = long[key].astype("string")
-    return long[[*keys, EVENT_TS, *cfg.view_features(name)]].astype(
-        {f: "float64" for f in cfg.view_features(name)}
-    ).reset_index(drop=True)
+    return (
+        long[[*keys, EVENT_TS, *cfg.view_features(name)]]
+        .astype(dict.fromkeys(cfg.view_features(name), "float64"))
+        .reset_index(drop=True)
+    )
 
 
 def build_features(
@@ -168,6 +173,7 @@ def build_features(
 
 
 # --- the offline store: Parquet partitions, one file per view and month ---------------
+
 
 def write_partition(folder: Path, month: str, frame: pd.DataFrame) -> Path:
     """Write `<folder>/<month>.parquet` atomically: a re-run replaces it, never appends."""

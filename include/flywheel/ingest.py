@@ -21,8 +21,9 @@ class NothingToIngest(LookupError):
     """An event arrived but no batch is waiting (its batch was already taken)."""
 
 
-def resolve_month(cfg: Config, home: Home, requested: str | None, run_type: str,
-                  interval_start: datetime | None) -> str:
+def resolve_month(
+    cfg: Config, home: Home, requested: str | None, run_type: str, interval_start: datetime | None
+) -> str:
     """Which month this run ingests: the one asked for, the next landed, or the interval's."""
     if requested:
         month_bounds(requested)  # validates the form
@@ -61,9 +62,7 @@ def validate(cfg: Config, home: Home, month: str) -> ValidationOutcome:
     report = validation.check_batch(cfg, month, folder, home.gx)
     moved = None
     if not report.success:
-        moved = landing.quarantine(
-            month, home, {"month": month, "failures": report.failures, "results": report.results}
-        )
+        moved = landing.quarantine(month, home, {"month": month, **report.as_dict()})
         log.error("batch %s quarantined to %s", month, moved)
         ring_if_pending(home)
     return ValidationOutcome(

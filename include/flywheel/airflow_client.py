@@ -183,6 +183,19 @@ class AirflowClient:
             return f"(log unavailable: HTTP {resp.status_code} {resp.text[:200]})"
         return "\n".join(_format_event(event) for event in resp.json().get("content", []))
 
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        """A task's XCom value (its return value by default), deserialized."""
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        return self._json("GET", path, params={"deserialize": "true"})["value"]
+
+    def asset_events(self, *, source_dag_id: str | None = None) -> list[JSON]:
+        """Asset events, oldest first, optionally only those a DAG produced."""
+        params: dict[str, Any] = {"limit": 100, "order_by": "timestamp"}
+        if source_dag_id:
+            params["source_dag_id"] = source_dag_id
+        events: list[JSON] = self._json("GET", "/assets/events", params=params)["asset_events"]
+        return events
+
     def wait_for_run(
         self, dag_id: str, run_id: str, timeout: float = 600.0, poll: float = 2.0
     ) -> JSON:

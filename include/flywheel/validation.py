@@ -88,6 +88,7 @@ class ValidationReport:
 
 # --- reading ---------------------------------------------------------------------------
 
+
 def read_batch(cfg: Config, folder: Path) -> dict[str, pd.DataFrame]:
     """Read every table file of a landed batch; raise `BatchUnreadable` naming each bad file."""
     tables: dict[str, pd.DataFrame] = {}
@@ -119,8 +120,9 @@ def _read_table(path: Path, spec: TableSpec) -> pd.DataFrame:
         raise BatchUnreadable(f"{path.name}: corrupt file (not UTF-8: {bad})") from None
     strings = {c: str for c, s in spec.columns.items() if s.type == "str"}
     try:
-        frame = pd.read_csv(io.BytesIO(raw), dtype=strings, keep_default_na=False,
-                            na_values=NULL_TOKENS)
+        frame = pd.read_csv(
+            io.BytesIO(raw), dtype=strings, keep_default_na=False, na_values=NULL_TOKENS
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
         raise BatchUnreadable(f"{path.name}: corrupt CSV ({' '.join(str(err).split())})") from None
     for col, s in spec.columns.items():
@@ -131,6 +133,7 @@ def _read_table(path: Path, spec: TableSpec) -> pd.DataFrame:
 
 
 # --- the suite ---------------------------------------------------------------------------
+
 
 def _gx() -> Any:
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -162,18 +165,25 @@ def build_suite(name: str, spec: TableSpec, start: datetime, end: datetime) -> E
         if not s.nullable:
             exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col))
         if s.min is not None or s.max is not None:
-            exps.append(gxe.ExpectColumnValuesToBeBetween(
-                column=col, min_value=s.min, max_value=s.max, mostly=s.mostly))
+            exps.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=col, min_value=s.min, max_value=s.max, mostly=s.mostly
+                )
+            )
         if s.allowed is not None:
             exps.append(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=s.allowed))
     if spec.timestamp:
-        exps.append(gxe.ExpectColumnValuesToBeBetween(
-            column=spec.timestamp, min_value=start, max_value=end, strict_max=True))
+        exps.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=spec.timestamp, min_value=start, max_value=end, strict_max=True
+            )
+        )
     suite: ExpectationSuite = gx.ExpectationSuite(name=name, expectations=exps)
     return suite
 
 
 # --- running -------------------------------------------------------------------------------
+
 
 @contextmanager
 def _locked(gx_root: Path) -> Iterator[None]:
@@ -212,15 +222,21 @@ def validate_batch(
         ctx = _context(gx_root)
         sources = ctx.data_sources.all()
         # add_or_update_pandas would drop the assets (and their batch definitions) each time.
-        ds = (sources[_DATASOURCE] if _DATASOURCE in sources
-              else ctx.data_sources.add_pandas(_DATASOURCE))
+        ds = (
+            sources[_DATASOURCE]
+            if _DATASOURCE in sources
+            else ctx.data_sources.add_pandas(_DATASOURCE)
+        )
         for table, spec in cfg.source.tables.items():
             if table not in tables:
                 failures.append(f"{table}: table missing from the batch")
                 continue
             asset_name = f"{cfg.name}.{table}"
-            asset = (ds.get_asset(asset_name) if asset_name in ds.get_asset_names()
-                     else ds.add_dataframe_asset(asset_name))
+            asset = (
+                ds.get_asset(asset_name)
+                if asset_name in ds.get_asset_names()
+                else ds.add_dataframe_asset(asset_name)
+            )
             batch_def = next((b for b in asset.batch_definitions if b.name == "whole"), None)
             if batch_def is None:
                 batch_def = asset.add_batch_definition_whole_dataframe("whole")
@@ -233,9 +249,14 @@ def validate_batch(
             # A Checkpoint hands the same batch parameters to all its validation definitions,
             # so each table (its own dataframe) needs its own Checkpoint. Adding it adds or
             # updates its validation definition and suite too.
-            checkpoint = ctx.checkpoints.add_or_update(gx.Checkpoint(
-                name=name, validation_definitions=[vd], result_format=_RESULT_FORMAT,
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")]))
+            checkpoint = ctx.checkpoints.add_or_update(
+                gx.Checkpoint(
+                    name=name,
+                    validation_definitions=[vd],
+                    result_format=_RESULT_FORMAT,
+                    actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
+                )
+            )
             run_id = gx.RunIdentifier(run_name=f"{cfg.name}-{month}")
             outcome = checkpoint.run(batch_parameters={"dataframe": tables[table]}, run_id=run_id)
             for vr in outcome.run_results.values():
@@ -244,8 +265,9 @@ def validate_batch(
         docs = _docs_index(ctx)
     results["seconds"] = round(time.perf_counter() - began, 3)
     results = json.loads(json.dumps(results, default=str))
-    return ValidationReport(success=not failures, failures=failures, results=results,
-                            docs_path=docs)
+    return ValidationReport(
+        success=not failures, failures=failures, results=results, docs_path=docs
+    )
 
 
 def _delete(ctx: AbstractDataContext, name: str) -> None:
@@ -274,12 +296,14 @@ def check_batch(cfg: Config, month: str, folder: Path, gx_root: Path) -> Validat
     try:
         tables = read_batch(cfg, folder)
     except BatchUnreadable as err:
-        return ValidationReport(success=False, failures=[str(err)],
-                                results={"month": month, "unreadable": str(err)})
+        return ValidationReport(
+            success=False, failures=[str(err)], results={"month": month, "unreadable": str(err)}
+        )
     return validate_batch(cfg, month, tables, gx_root)
 
 
 # --- readable failures -------------------------------------------------------------------
+
 
 def _failures(table: str, frame: pd.DataFrame, results: list[Any]) -> list[str]:
     """One line per failed expectation, naming table, column, expectation and what was seen."""
@@ -306,8 +330,11 @@ def _observed(r: Any, frame: pd.DataFrame) -> str:
     if not res:  # the expectation raised instead of returning a result
         info: dict[str, Any] = r.exception_info or {}
         # One {"exception_message": ...}, or several keyed by metric id.
-        infos = ([info] if "exception_message" in info
-                 else [v for v in info.values() if isinstance(v, dict)])
+        infos = (
+            [info]
+            if "exception_message" in info
+            else [v for v in info.values() if isinstance(v, dict)]
+        )
         messages = sorted({str(i.get("exception_message")) for i in infos})
         return f"could not be evaluated: {'; '.join(messages) or 'no result'}"
     missing = ((res.get("details") or {}).get("mismatched") or {}).get("missing")
@@ -322,16 +349,20 @@ def _observed(r: Any, frame: pd.DataFrame) -> str:
     if res.get("unexpected_count"):
         counts = res.get("partial_unexpected_counts", [])[:3]
         examples = ", ".join(_show(c["value"]) for c in counts)
-        parts.append(f"{res['unexpected_count']} of {res.get('element_count')} values unexpected "
-                     f"({res.get('unexpected_percent') or 0:.2f}%), e.g. {examples}")
+        parts.append(
+            f"{res['unexpected_count']} of {res.get('element_count')} values unexpected "
+            f"({res.get('unexpected_percent') or 0:.2f}%), e.g. {examples}"
+        )
     if "min_value" in kwargs or "max_value" in kwargs:
         low, high = kwargs.get("min_value"), kwargs.get("max_value")
         close = ")" if kwargs.get("strict_max") else "]"
         low_s = "-inf" if low is None else _show(low)
         high_s = "inf" if high is None else _show(high)
         share = kwargs.get("mostly") or 1.0
-        parts.append(f"expected [{low_s}, {high_s}{close}"
-                     + (f" for {share:.1%} of rows" if share < 1 else ""))
+        parts.append(
+            f"expected [{low_s}, {high_s}{close}"
+            + (f" for {share:.1%} of rows" if share < 1 else "")
+        )
     elif kwargs.get("value_set") is not None:
         parts.append(f"expected one of {', '.join(map(str, kwargs['value_set']))}")
     return "; ".join(parts)

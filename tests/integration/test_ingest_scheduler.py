@@ -53,7 +53,7 @@ def landed(airflow_stack):
 
 
 def test_landing_starts_one_run_per_month(landed):
-    cfg, home, client, runs = landed
+    _, home, client, runs = landed
     for run in runs:
         if run["state"] != "success":
             client.wait_for_run(DAG, run["dag_run_id"])  # raises with the failed task's log
@@ -65,7 +65,7 @@ def test_landing_starts_one_run_per_month(landed):
 
 
 def test_features_asset_event_carries_interval_and_counts(landed):
-    cfg, home, client, runs = landed
+    cfg, home, client, _ = landed
     events = client.asset_events(source_dag_id=DAG)
     assert len(events) == 2
     by_month = {e["extra"]["month"]: e for e in events}

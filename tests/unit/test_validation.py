@@ -59,13 +59,17 @@ def _copy(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 
 def _expectation(report: ValidationReport, table: str, etype: str, column: str) -> dict:
     [validation] = report.results["tables"][table]["validation_results"]
-    found = [e for e in validation["expectations"]
-             if e["expectation_type"] == etype and e["kwargs"].get("column") == column]
+    found = [
+        e
+        for e in validation["expectations"]
+        if e["expectation_type"] == etype and e["kwargs"].get("column") == column
+    ]
     assert len(found) == 1, (table, etype, column)
     return found[0]
 
 
 # --- good batches ----------------------------------------------------------------------
+
 
 def test_good_month_passes(good_report: ValidationReport, good_tables: dict) -> None:
     assert good_report.failures == []
@@ -95,9 +99,7 @@ def test_revalidating_in_the_same_gx_root_is_idempotent(
     assert any(MONTH in str(p) for p in docs)
 
 
-def test_a_rare_outlier_passes_thanks_to_mostly(
-    cfg: Config, gx_root: Path, tmp_path: Path
-) -> None:
+def test_a_rare_outlier_passes_thanks_to_mostly(cfg: Config, gx_root: Path, tmp_path: Path) -> None:
     # February's weather holds one wind_speed reading of 1048 mph (max is 150, mostly 0.999).
     report = check_batch(cfg, "2013-02", landing.land(cfg, "2013-02", Home(tmp_path)), gx_root)
 
@@ -113,8 +115,9 @@ def test_a_rare_outlier_passes_thanks_to_mostly(
 # What each deliberate defect must be reported as, for the default config.
 DEFECT_MESSAGES = {
     "missing_column": "flights: expect_table_columns_to_match_set failed (missing columns: year)",
-    "wrong_type":
-        "flights.year: expect_column_values_to_be_in_type_list failed (observed type object",
+    "wrong_type": (
+        "flights.year: expect_column_values_to_be_in_type_list failed (observed type object"
+    ),
     "null_keys": "flights.carrier: expect_column_values_to_not_be_null failed (25 of",
     "empty": "flights: expect_table_row_count_to_be_between failed (observed 0",
     "out_of_range": "flights.year: expect_column_values_to_be_between failed (",
@@ -149,8 +152,10 @@ def test_a_batch_of_another_month_fails_freshness(
     assert not report.success
     fresh = "expect_column_values_to_be_between failed (26865 of 26865 values unexpected"
     assert any(f.startswith(f"flights.time_hour: {fresh}") for f in report.failures)
-    assert any(f.startswith("weather.time_hour: expect_column_values_to_be_between")
-               for f in report.failures)
+    assert any(
+        f.startswith("weather.time_hour: expect_column_values_to_be_between")
+        for f in report.failures
+    )
     assert "2013-03-01T00:00:00+00:00)" in " ".join(report.failures)  # [start, end)
     assert not any(f.startswith("planes") for f in report.failures)  # no event time
 
@@ -189,6 +194,7 @@ def test_unparseable_timestamps_fail_not_null_instead_of_crashing(
 
 # --- unreadable files --------------------------------------------------------------------
 
+
 def _damage(folder: Path, how: str) -> None:
     target = folder / "weather.csv"
     if how == "missing":
@@ -201,12 +207,15 @@ def _damage(folder: Path, how: str) -> None:
         target.write_bytes(target.read_bytes() + b"a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s,t\n")
 
 
-@pytest.mark.parametrize(("how", "problem"), [
-    ("missing", "weather.csv: file is missing"),
-    ("zero_bytes", "weather.csv: file is empty (0 bytes)"),
-    ("latin1", "weather.csv: corrupt file (not UTF-8: byte 0xc9"),
-    ("tokenizing", "weather.csv: corrupt CSV (Error tokenizing data"),
-])
+@pytest.mark.parametrize(
+    ("how", "problem"),
+    [
+        ("missing", "weather.csv: file is missing"),
+        ("zero_bytes", "weather.csv: file is empty (0 bytes)"),
+        ("latin1", "weather.csv: corrupt file (not UTF-8: byte 0xc9"),
+        ("tokenizing", "weather.csv: corrupt CSV (Error tokenizing data"),
+    ],
+)
 def test_unreadable_files_are_rejected_by_name(
     cfg: Config, good_folder: Path, tmp_path: Path, how: str, problem: str
 ) -> None:
@@ -229,8 +238,10 @@ def test_unreadable_files_are_rejected_by_name(
 def test_batch_rejected_lists_the_failures() -> None:
     report = ValidationReport(
         success=False,
-        failures=["flights.distance: expect_column_values_to_be_in_type_list failed (x)",
-                  "flights: expect_table_row_count_to_be_between failed (observed 0)"],
+        failures=[
+            "flights.distance: expect_column_values_to_be_in_type_list failed (x)",
+            "flights: expect_table_row_count_to_be_between failed (observed 0)",
+        ],
         docs_path=Path("/gx/index.html"),
     )
 
@@ -244,7 +255,12 @@ def test_batch_rejected_lists_the_failures() -> None:
 
 
 def test_importing_the_module_does_not_import_gx() -> None:
-    code = ("import sys, flywheel.validation; "
-            "assert 'great_expectations' not in sys.modules and 'pandas' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True,
-                   env={"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "include")})
+    code = (
+        "import sys, flywheel.validation; "
+        "assert 'great_expectations' not in sys.modules and 'pandas' not in sys.modules"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "include")},
+    )

@@ -10,6 +10,7 @@ a point-in-time join looks: choose them from how the data arrives.
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.data_format import ParquetFormat
 from feast.types import Float64
 
 from flywheel.paths import Home
@@ -18,8 +19,12 @@ OFFLINE = Home.from_env().offline
 
 
 def _source(view: str) -> FileSource:
+    # One Parquet file per month; in-progress writes are dot-files the glob never matches.
     return FileSource(
-        name=f"{view}_source", path=str(OFFLINE / view), timestamp_field="event_timestamp"
+        name=f"{view}_source",
+        path=str(OFFLINE / view / "*.parquet"),
+        file_format=ParquetFormat(),
+        timestamp_field="event_timestamp",
     )
 
 

@@ -181,6 +181,9 @@ def write_partition(folder: Path, month: str, frame: pd.DataFrame) -> Path:
     final = folder / f"{month}.parquet"
     # Dot-files are invisible to readers of the folder (pyarrow datasets skip them).
     tmp = folder / f".{month}.parquet.{os.getpid()}.tmp"
+    # Microsecond timestamps: DuckDB (Feast's offline engine here) cannot cast ns ones.
+    stamps = frame.select_dtypes(include=["datetimetz", "datetime"]).columns
+    frame = frame.astype({c: "datetime64[us, UTC]" for c in stamps})
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, final)
     return final

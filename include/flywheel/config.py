@@ -169,13 +169,56 @@ class FeastSpec(_Strict):
     feature_service: str
 
 
+METRICS = {
+    "classification": ("roc_auc", "log_loss", "brier", "accuracy", "average_precision"),
+    "regression": ("rmse", "mae", "r2"),
+}
+LOWER_IS_BETTER = {"log_loss", "brier", "rmse", "mae"}
+
+
 class GateSpec(_Strict):
-    """Absolute thresholds a candidate must meet, and the margin over the champion."""
+    """An absolute threshold a candidate must meet; with `min_improvement`, it must also
+    beat the champion on that metric by at least that much (same evaluation rows)."""
 
     metric: str
-    higher_is_better: bool = True
     threshold: float
-    min_improvement: Annotated[float, Field(ge=0)] = 0.0
+    min_improvement: Annotated[float, Field(ge=0)] | None = None
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric not in LOWER_IS_BETTER
+
+
+class HoldoutSpec(_Strict):
+    """A frozen rule, not a frozen file: a flight is in the holdout iff the hash of its
+    id (with the salt) falls under `fraction`. No model ever trains on a holdout row, so
+    every model can be compared on the same unseen rows of any window."""
+
+    fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.1
+    salt: str = "flywheel-holdout-v1"
+
+
+class ModelSpec(_Strict):
+    type: Literal["hist_gbm", "torch_mlp"] = "hist_gbm"
+    params: dict[str, Any] = {}
+
+
+class TrainingSpec(_Strict):
+    # Entity columns that are also model inputs (categories), besides the Feast features.
+    categorical: list[str] = []
+    holdout: HoldoutSpec = HoldoutSpec()
+    # The most recent labelled months are evaluation only: the freshest unseen data.
+    eval_months: Annotated[int, Field(ge=1)] = 1
+    min_rows: Annotated[int, Field(ge=1)] = 1000
+    # Classification: the positive rate of the training set must lie in these bounds.
+    class_balance: tuple[float, float] = (0.01, 0.99)
+    slices: list[str] = []
+    model: ModelSpec = ModelSpec()
+
+
+class RegistrySpec(_Strict):
+    model_name: str
+    experiment: str
 
 
 class Config(_Strict):
@@ -186,6 +229,8 @@ class Config(_Strict):
     source: SourceSpec
     features: dict[str, FeatureView] = Field(min_length=1)
     feast: FeastSpec
+    training: TrainingSpec = TrainingSpec()
+    registry: RegistrySpec
     gates: list[GateSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -236,6 +281,20 @@ class Config(_Strict):
                             raise ValueError(
                                 f"{where}.derived: {expr!r} must use '{primary.timestamp}'"
                             )
+        for i, gate in enumerate(self.gates):
+            if gate.metric not in METRICS[self.task]:
+                raise ValueError(
+                    f"gates.{i}.metric: '{gate.metric}' is not a {self.task} metric "
+                    f"({', '.join(METRICS[self.task])})"
+                )
+        for col in {*self.training.categorical, *self.training.slices}:
+            if col not in self.entity_columns():
+                raise ValueError(
+                    f"training: '{col}' must be an entity column ({self.entity_columns()})"
+                )
+        lo, hi = self.training.class_balance
+        if not 0 <= lo < hi <= 1:
+            raise ValueError("training.class_balance must be two rates 0 <= min < max <= 1")
         names = self.feature_names()
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -294,6 +353,8 @@ def _describe(err: ValidationError) -> str:
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] in ("literal_error", "enum") and isinstance(e.get("input"), str | int | float):
+            msg += f" (got {e['input']!r})"
         # Cross-field checks name their own key path at the start of the message.
         lines.append(f"  {path}: {msg}" if path else f"  {msg}")
     return "\n".join(lines)

@@ -196,7 +196,11 @@ def read_partitions(folder: Path, months: list[str] | None = None) -> pd.DataFra
         files = [f for f in files if f.stem in set(months)]
     if not files:
         return pd.DataFrame()
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    # Stored as µs with pyarrow's UTC; fresh frames are ns with pandas' UTC. Mixing the
+    # two in a concat silently gives an object column, so hand back the canonical form.
+    stamps = frame.select_dtypes(include=["datetimetz"]).columns
+    return frame.astype({c: "datetime64[ns, UTC]" for c in stamps})
 
 
 def months_before(month: str, count: int) -> list[str]:

@@ -211,7 +211,6 @@ def validate_batch(
     cfg: Config, month: str, tables: dict[str, pd.DataFrame], gx_root: Path
 ) -> ValidationReport:
     """Run a GX Checkpoint per table of the batch (re-runnable in the same `gx_root`)."""
-    gx = _gx()
     first, after = month_bounds(month)
     start = datetime.combine(first, dtime(), tzinfo=UTC)
     end = datetime.combine(after, dtime(), tzinfo=UTC)
@@ -220,51 +219,108 @@ def validate_batch(
     results: dict[str, Any] = {"month": month, "tables": {}}
     with _locked(gx_root):
         ctx = _context(gx_root)
-        sources = ctx.data_sources.all()
-        # add_or_update_pandas would drop the assets (and their batch definitions) each time.
-        ds = (
-            sources[_DATASOURCE]
-            if _DATASOURCE in sources
-            else ctx.data_sources.add_pandas(_DATASOURCE)
-        )
         for table, spec in cfg.source.tables.items():
             if table not in tables:
                 failures.append(f"{table}: table missing from the batch")
                 continue
-            asset_name = f"{cfg.name}.{table}"
-            asset = (
-                ds.get_asset(asset_name)
-                if asset_name in ds.get_asset_names()
-                else ds.add_dataframe_asset(asset_name)
-            )
-            batch_def = next((b for b in asset.batch_definitions if b.name == "whole"), None)
-            if batch_def is None:
-                batch_def = asset.add_batch_definition_whole_dataframe("whole")
-            # One suite, validation definition and checkpoint per table and month: the month's
-            # freshness window lives in its suite, and Data Docs group results by month.
+            # One suite and checkpoint per table and month: the month's freshness window
+            # lives in its suite, and Data Docs group results by month.
             name = f"{cfg.name}.{month}.{table}"
-            _delete(ctx, name)
             suite = build_suite(name, spec, start, end)
-            vd = gx.ValidationDefinition(name=name, data=batch_def, suite=suite)
-            # A Checkpoint hands the same batch parameters to all its validation definitions,
-            # so each table (its own dataframe) needs its own Checkpoint. Adding it adds or
-            # updates its validation definition and suite too.
-            checkpoint = ctx.checkpoints.add_or_update(
-                gx.Checkpoint(
-                    name=name,
-                    validation_definitions=[vd],
-                    result_format=_RESULT_FORMAT,
-                    actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
-                )
+            described, checks = _run_checkpoint(
+                ctx, f"{cfg.name}.{table}", suite, tables[table], f"{cfg.name}-{month}"
             )
-            run_id = gx.RunIdentifier(run_name=f"{cfg.name}-{month}")
-            outcome = checkpoint.run(batch_parameters={"dataframe": tables[table]}, run_id=run_id)
-            for vr in outcome.run_results.values():
-                failures += _failures(table, tables[table], vr.results)
-            results["tables"][table] = outcome.describe_dict()
+            failures += _failures(table, tables[table], checks)
+            results["tables"][table] = described
         docs = _docs_index(ctx)
     results["seconds"] = round(time.perf_counter() - began, 3)
     results = json.loads(json.dumps(results, default=str))
+    return ValidationReport(
+        success=not failures, failures=failures, results=results, docs_path=docs
+    )
+
+
+def _run_checkpoint(
+    ctx: AbstractDataContext,
+    asset_name: str,
+    suite: ExpectationSuite,
+    frame: pd.DataFrame,
+    run_name: str,
+) -> tuple[dict[str, Any], list[Any]]:
+    """Validate one dataframe with one suite through a Checkpoint that updates Data Docs.
+
+    Returns the checkpoint's description and the expectation results. Re-runnable: the
+    suite's checkpoint and validation definition are replaced, the asset reused.
+    """
+    gx = _gx()
+    sources = ctx.data_sources.all()
+    # add_or_update_pandas would drop the assets (and their batch definitions) each time.
+    ds = (
+        sources[_DATASOURCE] if _DATASOURCE in sources else ctx.data_sources.add_pandas(_DATASOURCE)
+    )
+    asset = (
+        ds.get_asset(asset_name)
+        if asset_name in ds.get_asset_names()
+        else ds.add_dataframe_asset(asset_name)
+    )
+    batch_def = next((b for b in asset.batch_definitions if b.name == "whole"), None)
+    if batch_def is None:
+        batch_def = asset.add_batch_definition_whole_dataframe("whole")
+    _delete(ctx, suite.name)
+    vd = gx.ValidationDefinition(name=suite.name, data=batch_def, suite=suite)
+    # A Checkpoint hands the same batch parameters to all its validation definitions, so
+    # each dataframe needs its own Checkpoint. Adding it adds its definition and suite too.
+    checkpoint = ctx.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=suite.name,
+            validation_definitions=[vd],
+            result_format=_RESULT_FORMAT,
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
+        )
+    )
+    outcome = checkpoint.run(
+        batch_parameters={"dataframe": frame}, run_id=gx.RunIdentifier(run_name=run_name)
+    )
+    checks = [r for vr in outcome.run_results.values() for r in vr.results]
+    return outcome.describe_dict(), checks
+
+
+def validate_training_set(
+    cfg: Config, frame: pd.DataFrame, window_end: datetime, name: str, gx_root: Path
+) -> ValidationReport:
+    """The training set's checkpoint: label present and valid, class balance within the
+    configured bounds, every feature column there, no row from after the window, and at
+    least `training.min_rows` rows (per-row expectations pass on an empty frame)."""
+    gx = _gx()
+    e = gx.expectations
+    label, ts = cfg.label.name, "event_timestamp"
+    expectations = [
+        e.ExpectTableColumnsToMatchSet(
+            column_set=[label, ts, *cfg.feature_names(), *cfg.training.categorical],
+            exact_match=False,
+        ),
+        e.ExpectTableRowCountToBeBetween(min_value=cfg.training.min_rows),
+        e.ExpectColumnValuesToNotBeNull(column=label),
+        e.ExpectColumnValuesToNotBeNull(column=ts),
+        e.ExpectColumnValuesToBeBetween(column=ts, max_value=window_end, strict_max=True),
+    ]
+    if cfg.task == "classification":
+        lo, hi = cfg.training.class_balance
+        expectations += [
+            e.ExpectColumnDistinctValuesToBeInSet(column=label, value_set=[0, 1]),
+            e.ExpectColumnMeanToBeBetween(column=label, min_value=lo, max_value=hi),
+        ]
+    with _locked(gx_root):
+        ctx = _context(gx_root)  # a suite takes expectations only once a context exists
+        suite = gx.ExpectationSuite(name=f"{cfg.name}.training.{name}")
+        for expectation in expectations:
+            suite.add_expectation(expectation)
+        described, checks = _run_checkpoint(
+            ctx, f"{cfg.name}.training", suite, frame, f"{cfg.name}-training-{name}"
+        )
+        docs = _docs_index(ctx)
+    failures = _failures("training_set", frame, checks)
+    results = json.loads(json.dumps(described, default=str))
     return ValidationReport(
         success=not failures, failures=failures, results=results, docs_path=docs
     )

@@ -265,7 +265,43 @@ def test_regression_without_threshold_is_valid(raw: dict[str, Any]) -> None:
     data = copy.deepcopy(raw)
     data["task"] = "regression"
     del data["label"]["threshold"]
-    assert parse_config(data).label.threshold is None
+    data["gates"] = [{"metric": "rmse", "threshold": 30.0, "min_improvement": 0.5}]
+    cfg = parse_config(data)
+    assert cfg.label.threshold is None
+    assert cfg.gates[0].higher_is_better is False
+
+
+def test_gate_metric_must_suit_the_task(raw: dict[str, Any]) -> None:
+    msg = _bad(raw, lambda d: d["gates"][0].update(metric="rmse"))
+    _has(msg, "gates.0.metric", "rmse", "classification")
+
+
+def test_gate_direction_follows_the_metric(raw: dict[str, Any]) -> None:
+    cfg = parse_config(copy.deepcopy(raw))
+    assert {g.metric: g.higher_is_better for g in cfg.gates} == {
+        "roc_auc": True,
+        "log_loss": False,
+    }
+
+
+def test_training_columns_must_be_entity_columns(raw: dict[str, Any]) -> None:
+    msg = _bad(raw, lambda d: d["training"].update(slices=["distance"]))
+    _has(msg, "training", "distance", "entity column")
+
+
+def test_class_balance_must_be_ordered_rates(raw: dict[str, Any]) -> None:
+    msg = _bad(raw, lambda d: d["training"].update(class_balance=[0.6, 0.05]))
+    _has(msg, "training.class_balance")
+
+
+def test_registry_section_is_required(raw: dict[str, Any]) -> None:
+    msg = _bad(raw, lambda d: d.pop("registry"))
+    _has(msg, "registry", "Field required")
+
+
+def test_unknown_model_type_is_named(raw: dict[str, Any]) -> None:
+    msg = _bad(raw, lambda d: d["training"]["model"].update(type="xgboost"))
+    _has(msg, "training.model.type", "xgboost")
 
 
 def test_label_column_must_be_on_the_primary_table(raw: dict[str, Any]) -> None:

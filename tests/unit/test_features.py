@@ -158,6 +158,7 @@ def test_label_is_the_threshold_and_unknown_when_the_outcome_is(cfg: Config, sto
 def test_regression_label_is_the_column_itself(cfg: Config, store: Store) -> None:
     data = cfg.model_dump()
     data["task"], data["label"]["threshold"] = "regression", None
+    data["gates"] = [{"metric": "rmse", "threshold": 30.0}]
     reg = parse_config(data)
     primary = store.tables[MONTH][cfg.source.primary]
     values = features.label_values(reg, primary)
@@ -413,6 +414,8 @@ def test_history_months_reach_back_as_far_as_the_widest_window(cfg: Config) -> N
     data["features"]["route_history"]["windows_days"] = [14]
     assert features.history_months(parse_config(data), "2013-04") == ["2013-03"]
     del data["features"]["carrier_history"], data["features"]["route_history"]
+    # Without those views, carrier and dest are no longer entity columns.
+    data["training"].update(categorical=["origin"], slices=["origin"])
     assert features.history_months(parse_config(data), "2013-04") == []
 
 

@@ -8,6 +8,10 @@ UV     := $(VENV)/bin/uv
 # Installed once into the venv; uv then resolves the pinned requirements in seconds.
 UV_VERSION := 0.13.8
 BASE_PYTHON := $(shell command -v python3.11 || command -v python3)
+# torch: where /opt/wheels exists it holds a local CPU-only build of the pinned torch, which
+# uv then prefers over PyPI's default build (CUDA libraries, several GiB); elsewhere PyPI's
+# build is used. uv does not read pip.conf, hence the flag here.
+TORCH_WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 # Re-install only when the pins or the package metadata change.
 STAMP  := $(VENV)/.installed
 
@@ -29,7 +33,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -n "$(BASE_PYTHON)" || { echo "need python3.11 (or python3) on PATH"; exit 1; }
 	test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	$(UV) pip install --python $(PY) -r requirements.txt -r requirements-dev.txt
+	$(UV) pip install --python $(PY) $(TORCH_WHEELS) -r requirements.txt -r requirements-dev.txt
 	$(UV) pip install --python $(PY) --no-deps -e .
 	touch $@
 

@@ -55,7 +55,7 @@ def _importable_repo(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _home_in_env(home: Home) -> Iterator[None]:
+def home_in_env(home: Home) -> Iterator[None]:
     # feature_store.yaml and the repo's sources read FLYWHEEL_HOME: make it this home.
     before = os.environ.get("FLYWHEEL_HOME")
     os.environ["FLYWHEEL_HOME"] = str(home.root)
@@ -72,7 +72,7 @@ def store(cfg: Config, home: Home) -> FeatureStore:
     from feast import FeatureStore
 
     home.feast.mkdir(parents=True, exist_ok=True)
-    with _home_in_env(home):
+    with home_in_env(home):
         return FeatureStore(repo_path=str(repo_path(cfg)), fs_yaml_file=yaml_path(cfg))
 
 
@@ -82,7 +82,7 @@ def apply(cfg: Config, home: Home) -> FeatureStore:
     from feast.repo_operations import apply_total
 
     home.feast.mkdir(parents=True, exist_ok=True)
-    with _home_in_env(home), _importable_repo(repo_path(cfg)):
+    with home_in_env(home), _importable_repo(repo_path(cfg)):
         config = load_repo_config(repo_path(cfg), yaml_path(cfg))
         # Sources may still be empty folders before the first partition lands.
         apply_total(config, repo_path(cfg), skip_source_validation=True)
@@ -129,7 +129,7 @@ def check_repo(cfg: Config, fs: FeatureStore) -> None:
 def materialize(cfg: Config, home: Home, start: datetime, end: datetime) -> None:
     """Load [start, end) of every configured view into the online store."""
     fs = store(cfg, home)
-    with _home_in_env(home):
+    with home_in_env(home):
         fs.materialize(start_date=start, end_date=end, feature_views=list(cfg.features))
 
 
@@ -137,6 +137,22 @@ def online_features(cfg: Config, home: Home, rows: list[dict[str, Any]]) -> list
     """Online features of the configured service for entity rows (dicts of join keys)."""
     fs = store(cfg, home)
     service = fs.get_feature_service(cfg.feast.feature_service)
-    with _home_in_env(home):
+    with home_in_env(home):
         data = fs.get_online_features(features=service, entity_rows=rows).to_dict()
     return [{k: v[i] for k, v in data.items()} for i in range(len(rows))]
+
+
+def service_definition(cfg: Config, fs: FeatureStore) -> dict[str, Any]:
+    """What the configured FeatureService serves, as plain data: part of a model's
+    fingerprint (a TTL or feature change means a different model) and of its run card."""
+    service = fs.get_feature_service(cfg.feast.feature_service)
+    views = {v.name: v for v in fs.list_feature_views()}
+    out: dict[str, Any] = {"project": fs.project, "service": service.name, "views": {}}
+    for projection in service.feature_view_projections:
+        view = views[projection.name]
+        out["views"][view.name] = {
+            "features": {f.name: str(f.dtype) for f in projection.features},
+            "join_keys": sorted(c.name for c in view.entity_columns),
+            "ttl_s": int(view.ttl.total_seconds()) if view.ttl else 0,
+        }
+    return out

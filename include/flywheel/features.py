@@ -183,7 +183,7 @@ def write_partition(folder: Path, month: str, frame: pd.DataFrame) -> Path:
     tmp = folder / f".{month}.parquet.{os.getpid()}.tmp"
     # Microsecond timestamps: DuckDB (Feast's offline engine here) cannot cast ns ones.
     stamps = frame.select_dtypes(include=["datetimetz", "datetime"]).columns
-    frame = frame.astype({c: "datetime64[us, UTC]" for c in stamps})
+    frame = frame.astype(dict.fromkeys(stamps, "datetime64[us, UTC]"))
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, final)
     return final
@@ -200,7 +200,7 @@ def read_partitions(folder: Path, months: list[str] | None = None) -> pd.DataFra
     # Stored as µs with pyarrow's UTC; fresh frames are ns with pandas' UTC. Mixing the
     # two in a concat silently gives an object column, so hand back the canonical form.
     stamps = frame.select_dtypes(include=["datetimetz"]).columns
-    return frame.astype({c: "datetime64[ns, UTC]" for c in stamps})
+    return frame.astype(dict.fromkeys(stamps, "datetime64[ns, UTC]"))
 
 
 def months_before(month: str, count: int) -> list[str]:

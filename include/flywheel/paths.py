@@ -62,3 +62,8 @@ class Home:
     @property
     def features_uri(self) -> str:
         return self.offline.as_uri()
+
+    @property
+    def model_uri(self) -> str:
+        """The served model: events mean `@champion` moved."""
+        return (self.root / "registry" / "champion").as_uri()

@@ -24,7 +24,7 @@ from flywheel.airflow_client import AirflowClient, AirflowError
 from flywheel.config import Config, load_config
 from flywheel.paths import Home
 
-INGEST = "ingest_features"
+INGEST, TRAIN = "ingest_features", "train_model"
 
 
 def _say(msg: str) -> None:
@@ -91,6 +91,22 @@ def _ingest_month(
     return run
 
 
+def _champion_line(cfg: Config, mlflow_url: str | None) -> str:
+    import mlflow
+
+    from flywheel import registry
+
+    client = mlflow.MlflowClient(mlflow_url)
+    name = cfg.registry.model_name
+    current = registry.champion(client, name)
+    if current is None:
+        return "no champion yet"
+    run = client.get_run(current.run_id)
+    auc = run.data.metrics.get("recent_roc_auc")
+    link = f"{mlflow_url}/#/models/{name}/versions/{current.version}"
+    return f"@champion = {name} v{current.version} (recent AUC {auc:.3f}) {link}"
+
+
 def _quarantine_reason(home: Home, month: str) -> str:
     folders = sorted(home.quarantine.glob(f"{month}__*"))
     if not folders:
@@ -126,16 +142,26 @@ def main(argv: list[str] | None = None) -> int:
         mlflow_port=int(os.environ.get("FLYWHEEL_MLFLOW_PORT", "5000")),
     )
     client = AirflowClient(running.airflow_url, running.username, running.password)
-    client.wait_for_dag(INGEST, timeout=180)
-    client.unpause(INGEST)
-    _say(f"stack up in {time.monotonic() - began:.0f} s; {INGEST} registered and unpaused")
+    for dag_id in (INGEST, TRAIN, "rollback_model"):
+        client.wait_for_dag(dag_id, timeout=180)
+        client.unpause(dag_id)
+    _say(f"stack up in {time.monotonic() - began:.0f} s; DAGs registered and unpaused")
 
     watcher = Watcher(client)
     months = [m for m in cfg.months() if m <= args.through]
     todo = [m for m in months if m not in landing.archived_months(home)]
     results: dict[str, str] = {m: "already ingested" for m in months if m not in todo}
+    trained: dict[str, str] = {}
     for month in todo:
+        watcher.mark_seen(TRAIN)
         results[month] = _ingest_month(watcher, cfg, home, month, None)["state"]
+        # The month's features event starts training by itself; follow it.
+        train_run = watcher.next_run(TRAIN)
+        _say(f"  {TRAIN} run {train_run['dag_run_id']} ({train_run['run_type']})")
+        trained[month] = watcher.follow(TRAIN, train_run["dag_run_id"])["state"]
+        _say(f"  -> {trained[month]}; {_champion_line(cfg, running.mlflow_url)}")
+    champion = _champion_line(cfg, running.mlflow_url)
+    train_state = "success" if all(v == "success" for v in trained.values()) else "failed"
     broken_month = next((m for m in cfg.months() if m > args.through), None)
     if args.broken != "none" and broken_month and broken_month not in landing.archived_months(home):
         state = _ingest_month(watcher, cfg, home, broken_month, args.broken)["state"]
@@ -145,12 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     print("\nMonths:")
     for month, outcome in results.items():
         print(f"  {month}: {outcome}")
+    print(f"\nTraining: {train_state}; {champion}")
+    print(f"Run cards: {home.root / 'runcards'}")
     print(f"\nAirflow UI  {running.airflow_url}   (login {running.username} / {running.password})")
     print(f"MLflow UI   {running.mlflow_url}")
     print(f"Data Docs   {home.gx / 'uncommitted' / 'data_docs' / 'local_site' / 'index.html'}")
     print(f"State       {home.root}")
     print("Stop everything with: make down")
-    ok = all(results[m] in ("success", "already ingested") for m in months)
+    ok = train_state == "success" and all(
+        results[m] in ("success", "already ingested") for m in months
+    )
     return 0 if ok else 1
 
 

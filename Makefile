@@ -33,7 +33,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -n "$(BASE_PYTHON)" || { echo "need python3.11 (or python3) on PATH"; exit 1; }
 	test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	$(UV) pip install --python $(PY) $(TORCH_WHEELS) -r requirements.txt -r requirements-dev.txt
+	# Bytecode now, once: with PYTHONDONTWRITEBYTECODE set (as on CI) every Airflow task
+	# process would otherwise recompile its imports from source, ~5 s each.
+	$(UV) pip install --python $(PY) --compile-bytecode $(TORCH_WHEELS) -r requirements.txt -r requirements-dev.txt
 	$(UV) pip install --python $(PY) --no-deps -e .
 	touch $@
 

@@ -188,6 +188,12 @@ class AirflowClient:
         path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
         return self._json("GET", path, params={"deserialize": "true"})["value"]
 
+    def task_links(self, dag_id: str, run_id: str, task_id: str) -> dict[str, str | None]:
+        """A task's extra links (name -> URL), as the UI shows them."""
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/links"
+        links: dict[str, str | None] = self._json("GET", path)["extra_links"]
+        return links
+
     def asset_events(self, *, source_dag_id: str | None = None) -> list[JSON]:
         """Asset events, oldest first, optionally only those a DAG produced."""
         params: dict[str, Any] = {"limit": 100, "order_by": "timestamp"}

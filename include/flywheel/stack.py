@@ -98,6 +98,8 @@ def airflow_env(
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+        # The repo's plugins (the task -> MLflow run link), wherever the DAGs come from.
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         # The demo and tests drive DAGs end to end, including Asset-triggered consumers that
         # nobody unpauses by hand: paused-at-creation would make them silently never run.
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",

@@ -94,6 +94,10 @@ def test_features_asset_trains_the_first_champion(stack, mlflow_client):
     assert mlflow_run.data.tags["airflow.run_id"] == run["dag_run_id"]
     assert mlflow_run.data.tags["feast.feature_service"] == "flight_delay_v1"
     assert mlflow_run.data.metrics["recent_roc_auc"] > 0.6
+    # The task links back to its MLflow run (plugins/flywheel_links.py).
+    link = client.task_links(TRAIN, run["dag_run_id"], "prepare_training")["MLflow run"]
+    assert link is not None
+    assert link.endswith(f"/runs/{version.run_id}")
     artifacts = {a.path for a in mlflow_client.list_artifacts(version.run_id)}
     assert {"run_card.json", "run_card.md"} <= artifacts
     assert (stack.home / "runcards" / f"{MODEL}-v1.md").is_file()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from support import offline_rows
 
 from flywheel import features, ingest, landing
 from flywheel.config import load_config
@@ -24,12 +25,6 @@ def _ingest(cfg, home: Home, month: str) -> dict[str, int]:
     ingest.apply_repo(cfg, home)
     ingest.materialize(cfg, home, month)
     return counts
-
-
-def _offline_rows(cfg, home: Home) -> dict[str, int]:
-    out = {v: len(features.read_partitions(home.offline / v)) for v in cfg.features}
-    out["entity_rows"] = len(features.read_partitions(home.entity_rows(cfg.entity.name)))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +46,7 @@ def test_months_are_archived_and_counted(ingested):
     raw = landing.source_batch(cfg, "2013-02")
     assert counts["2013-02"]["entity_rows"] == len(raw["flights"])
     assert counts["2013-02"]["flight"] == len(raw["flights"])
-    assert _offline_rows(cfg, home)["entity_rows"] == sum(c["entity_rows"] for c in counts.values())
+    assert offline_rows(cfg, home)["entity_rows"] == sum(c["entity_rows"] for c in counts.values())
 
 
 def test_online_features_read_back(ingested):
@@ -72,11 +67,11 @@ def test_online_features_read_back(ingested):
 
 def test_rerun_overwrites_instead_of_appending(ingested):
     cfg, home, counts = ingested
-    before = _offline_rows(cfg, home)
+    before = offline_rows(cfg, home)
     files_before = sorted(p.relative_to(home.offline) for p in home.offline.rglob("*.parquet"))
     again = _ingest(cfg, home, "2013-01")  # the archived month, re-run
     assert again == counts["2013-01"]
-    assert _offline_rows(cfg, home) == before
+    assert offline_rows(cfg, home) == before
     assert (
         sorted(p.relative_to(home.offline) for p in home.offline.rglob("*.parquet")) == files_before
     )
@@ -84,7 +79,7 @@ def test_rerun_overwrites_instead_of_appending(ingested):
 
 def test_broken_batch_is_quarantined_and_store_unchanged(ingested):
     cfg, home, _ = ingested
-    before = _offline_rows(cfg, home)
+    before = offline_rows(cfg, home)
     landing.land_broken(cfg, "2013-03", "null_keys", home)
     month = ingest.resolve_month(cfg, home, None, "asset_triggered", None)
     outcome = ingest.validate(cfg, home, month)
@@ -95,7 +90,7 @@ def test_broken_batch_is_quarantined_and_store_unchanged(ingested):
     assert Path(outcome.quarantined_to).parent == home.quarantine
     assert landing.pending(home) == []
     assert "2013-03" not in landing.archived_months(home)
-    assert _offline_rows(cfg, home) == before
+    assert offline_rows(cfg, home) == before
 
 
 def test_historical_features_are_point_in_time(ingested):

@@ -7,12 +7,10 @@ Batches are dropped into the landing zone; the AssetWatcher's doorbell starts th
 
 from __future__ import annotations
 
-import time
-
 import pytest
+from support import offline_rows, wait_for_runs
 
 from flywheel import features, landing
-from flywheel.airflow_client import AirflowClient
 from flywheel.config import load_config
 from flywheel.feast_ops import online_features
 from flywheel.paths import Home
@@ -20,24 +18,6 @@ from flywheel.paths import Home
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 DAG = "ingest_features"
-
-
-def _wait_for_runs(client: AirflowClient, count: int, timeout: float = 600) -> list[dict]:
-    """Wait until `count` runs exist and all have ended."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = client.list_runs(DAG)
-        if len(runs) >= count and all(r["state"] in ("success", "failed") for r in runs):
-            return runs
-        time.sleep(2)
-    states = [(r["dag_run_id"], r["state"]) for r in client.list_runs(DAG)]
-    raise AssertionError(f"expected {count} finished runs within {timeout} s, have {states}")
-
-
-def _offline_rows(cfg, home: Home) -> dict[str, int]:
-    out = {v: len(features.read_partitions(home.offline / v)) for v in cfg.features}
-    out["entity_rows"] = len(features.read_partitions(home.entity_rows(cfg.entity.name)))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +28,7 @@ def landed(airflow_stack):
     client.unpause(DAG)
     for month in ("2013-01", "2013-02"):
         landing.land(cfg, month, home)
-    runs = _wait_for_runs(client, 2)
+    runs = wait_for_runs(client, DAG, 2)
     return cfg, home, client, runs
 
 
@@ -89,19 +69,19 @@ def test_online_store_serves_the_ingested_months(landed):
 
 def test_manual_rerun_with_month_param_is_idempotent(landed):
     cfg, home, client, _ = landed
-    before = _offline_rows(cfg, home)
+    before = offline_rows(cfg, home)
     run = client.run_dag(DAG, conf={"month": "2013-01"}, timeout=600)
     assert run["state"] == "success"
     assert client.xcom(DAG, run["dag_run_id"], "resolve_batch") == "2013-01"
-    assert _offline_rows(cfg, home) == before
+    assert offline_rows(cfg, home) == before
 
 
 def test_broken_batch_fails_its_run_and_is_quarantined(landed):
     cfg, home, client, _ = landed
-    before = _offline_rows(cfg, home)
+    before = offline_rows(cfg, home)
     known = len(client.list_runs(DAG))
     landing.land_broken(cfg, "2013-03", "null_keys", home)
-    runs = _wait_for_runs(client, known + 1)
+    runs = wait_for_runs(client, DAG, known + 1)
     run = runs[-1]
     assert run["state"] == "failed"
     tis = {ti["task_id"]: ti for ti in client.task_instances(DAG, run["dag_run_id"])}
@@ -116,4 +96,4 @@ def test_broken_batch_fails_its_run_and_is_quarantined(landed):
     assert len(quarantined) == 1
     assert (quarantined[0] / "validation.json").is_file()
     assert "2013-03" not in landing.archived_months(home)
-    assert _offline_rows(cfg, home) == before
+    assert offline_rows(cfg, home) == before

@@ -9,10 +9,9 @@ rollback puts the previous champion back. Steps build on each other: file order.
 
 from __future__ import annotations
 
-import time
-
 import mlflow
 import pytest
+from support import wait_for_runs
 
 from flywheel import features, landing, registry
 from flywheel.airflow_client import AirflowClient
@@ -26,17 +25,6 @@ INGEST, TRAIN, ROLLBACK = "ingest_features", "train_model", "rollback_model"
 MODEL = load_config().registry.model_name
 
 
-def _wait_runs(client: AirflowClient, dag_id: str, count: int, timeout: float = 600) -> list[dict]:
-    """Wait until `dag_id` has `count` runs, all ended."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = client.list_runs(dag_id)
-        if len(runs) >= count and all(r["state"] in ("success", "failed") for r in runs):
-            return runs
-        time.sleep(3)
-    raise AssertionError(f"{dag_id}: wanted {count} ended runs, have {client.list_runs(dag_id)}")
-
-
 def _states(client: AirflowClient, dag_id: str, run_id: str) -> dict[str, str]:
     return {ti["task_id"]: ti["state"] for ti in client.task_instances(dag_id, run_id)}
 
@@ -46,14 +34,14 @@ def _ingest(client: AirflowClient, home: Home, months: list[str]) -> None:
     before = len(client.list_runs(INGEST))
     for month in months:
         landing.land(cfg, month, home)
-    for run in _wait_runs(client, INGEST, before + len(months)):
+    for run in wait_for_runs(client, INGEST, before + len(months)):
         if run["state"] != "success":
             client.wait_for_run(INGEST, run["dag_run_id"])  # raises with the task log
 
 
 def _wait_trained(client: AirflowClient, count: int) -> dict:
     """Wait for the `count`-th train_model run to end successfully; return it."""
-    run = _wait_runs(client, TRAIN, count, timeout=900)[count - 1]
+    run = wait_for_runs(client, TRAIN, count, timeout=900)[count - 1]
     return client.wait_for_run(TRAIN, run["dag_run_id"])
 
 

@@ -214,6 +214,66 @@ class TrainingSpec(_Strict):
     class_balance: tuple[float, float] = (0.01, 0.99)
     slices: list[str] = []
     model: ModelSpec = ModelSpec()
+    # New features alone start a training only until there is a champion, and only once
+    # this many months are in (the first model sees a full quarter, not one month).
+    bootstrap_months: Annotated[int, Field(ge=1)] = 1
+    # True: every new month retrains (the "oracle" behaviour, costly). False: after the
+    # first champion, retraining is the drift policy's call (monitoring.policy).
+    retrain_on_new_features: bool = False
+    # Months a drift-triggered training looks back (None: every ingested month).
+    window_months: Annotated[int, Field(ge=1)] | None = None
+
+
+class DriftSpec(_Strict):
+    """How a window is compared with the champion's reference snapshot.
+
+    Distances, not p-values: with 10^4-10^5 rows per window a Kolmogorov-Smirnov or
+    chi-squared test calls a shift of a fraction of a percent "significant", so every window
+    would drift. The normed Wasserstein distance (numeric: shift in units of the reference's
+    standard deviation) and the Jensen-Shannon distance (categories) measure how far the
+    distributions moved, whatever the sample size."""
+
+    num_method: str = "wasserstein"
+    num_threshold: Annotated[float, Field(gt=0)] = 0.1
+    cat_method: str = "jensenshannon"
+    cat_threshold: Annotated[float, Field(gt=0)] = 0.1
+    # A window drifts when at least this share of the monitored features drifted.
+    drift_share: Annotated[float, Field(gt=0, le=1)] = 0.3
+    # The model's score, compared with num_method.
+    prediction_threshold: Annotated[float, Field(gt=0)] = 0.1
+    # Features not monitored: calendar features (the month) drift by construction.
+    ignore: list[str] = []
+    # Rows per side, sampled with a fixed seed: distances need thousands, not millions.
+    max_rows: Annotated[int, Field(ge=1000)] = 50_000
+
+
+class PerformanceSpec(_Strict):
+    """Decay = the window's matured-label metric is worse than the champion's own holdout
+    figure (recorded at training) by more than max_drop."""
+
+    metric: str | None = None  # default: the task's first metric (roc_auc, rmse)
+    max_drop: Annotated[float, Field(ge=0)] = 0.03
+    min_labelled: Annotated[int, Field(ge=1)] = 1000
+
+
+class PolicySpec(_Strict):
+    """When confirmed drift retrains: see flywheel.policy.decide."""
+
+    k: Annotated[int, Field(ge=1)] = 2
+    n: Annotated[int, Field(ge=1)] = 3
+    # Measured on the data's clock (window ends), so a replay behaves like real time.
+    cooldown_days: Annotated[int, Field(ge=0)] = 56
+    budget: Annotated[int, Field(ge=0)] = 4
+    budget_days: Annotated[int, Field(ge=1)] = 365
+
+
+class MonitoringSpec(_Strict):
+    experiment: str = "flywheel-monitoring"
+    # Rows of the training window's unseen holdout kept with each model as its reference.
+    reference_rows: Annotated[int, Field(ge=100)] = 20_000
+    drift: DriftSpec = DriftSpec()
+    performance: PerformanceSpec = PerformanceSpec()
+    policy: PolicySpec = PolicySpec()
 
 
 class RegistrySpec(_Strict):
@@ -232,6 +292,7 @@ class Config(_Strict):
     training: TrainingSpec = TrainingSpec()
     registry: RegistrySpec
     gates: list[GateSpec] = Field(min_length=1)
+    monitoring: MonitoringSpec = MonitoringSpec()
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:
@@ -292,6 +353,18 @@ class Config(_Strict):
                 raise ValueError(
                     f"training: '{col}' must be an entity column ({self.entity_columns()})"
                 )
+        perf = self.performance_metric
+        if perf not in METRICS[self.task]:
+            raise ValueError(
+                f"monitoring.performance.metric: '{perf}' is not a {self.task} metric "
+                f"({', '.join(METRICS[self.task])})"
+            )
+        unknown = sorted(set(self.monitoring.drift.ignore) - set(self.feature_names()))
+        if unknown:
+            raise ValueError(f"monitoring.drift.ignore: {unknown} are not features")
+        policy = self.monitoring.policy
+        if policy.k > policy.n:
+            raise ValueError(f"monitoring.policy: k ({policy.k}) cannot exceed n ({policy.n})")
         lo, hi = self.training.class_balance
         if not 0 <= lo < hi <= 1:
             raise ValueError("training.class_balance must be two rates 0 <= min < max <= 1")
@@ -339,6 +412,16 @@ class Config(_Strict):
 
     def feature_names(self) -> list[str]:
         return [f for name in self.features for f in self.view_features(name)]
+
+    @property
+    def performance_metric(self) -> str:
+        """The metric monitoring watches for decay (and the report plots)."""
+        return self.monitoring.performance.metric or METRICS[self.task][0]
+
+    def monitored_features(self) -> list[str]:
+        """Model inputs watched for drift: features and categorical keys, minus ignored."""
+        inputs = [*self.feature_names(), *self.training.categorical]
+        return [c for c in inputs if c not in self.monitoring.drift.ignore]
 
     def entity_columns(self) -> list[str]:
         """Join keys an entity row must carry so every view can be joined."""

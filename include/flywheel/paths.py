@@ -50,6 +50,16 @@ class Home:
         """Great Expectations file context, validation results and Data Docs."""
         return self.root / "gx"
 
+    @property
+    def predictions(self) -> Path:
+        """The prediction log: batch/, online/ and labelled/ (see flywheel.prediction_log)."""
+        return self.root / "predictions"
+
+    @property
+    def monitoring(self) -> Path:
+        """Drift reports, window signals, policy decisions and retrain requests."""
+        return self.root / "monitoring"
+
     def entity_rows(self, entity: str) -> Path:
         """Entity rows with their labels: the spine of training sets and scoring."""
         return self.offline / f"{entity}_entities"
@@ -62,6 +72,10 @@ class Home:
     @property
     def features_uri(self) -> str:
         return self.offline.as_uri()
+
+    @property
+    def predictions_uri(self) -> str:
+        return self.predictions.as_uri()
 
     @property
     def model_uri(self) -> str:

@@ -133,6 +133,7 @@ def test_default_join_keys_and_entity_columns() -> None:
 def test_label_rate_count_feature_uses_the_widest_window(raw: dict[str, Any]) -> None:
     data = copy.deepcopy(raw)
     data["features"]["carrier_history"]["windows_days"] = [14, 3, 56]
+    data["monitoring"]["drift"]["ignore"] = []  # it named the 28-day count
     cfg = parse_config(data)
     assert isinstance(cfg.features["carrier_history"], LabelRateView)
     assert cfg.view_features("carrier_history") == [
@@ -266,6 +267,7 @@ def test_regression_without_threshold_is_valid(raw: dict[str, Any]) -> None:
     data["task"] = "regression"
     del data["label"]["threshold"]
     data["gates"] = [{"metric": "rmse", "threshold": 30.0, "min_improvement": 0.5}]
+    del data["monitoring"]["performance"]["metric"]  # then the task's default: rmse
     cfg = parse_config(data)
     assert cfg.label.threshold is None
     assert cfg.gates[0].higher_is_better is False
@@ -514,3 +516,26 @@ def test_flywheel_config_env_var_pointing_nowhere_fails_naming_it(
 def test_without_env_var_the_default_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLYWHEEL_CONFIG", raising=False)
     assert load_config() == load_config(DEFAULT_CONFIG)
+
+
+def test_monitoring_ignores_only_known_features(raw: dict[str, Any]) -> None:
+    data = copy.deepcopy(raw)
+    data["monitoring"]["drift"]["ignore"] = ["dep_month", "tempp"]
+    with pytest.raises(ConfigError, match=r"monitoring.drift.ignore: \['tempp'\] are not features"):
+        parse_config(data)
+
+
+def test_retrain_policy_k_cannot_exceed_n(raw: dict[str, Any]) -> None:
+    data = copy.deepcopy(raw)
+    data["monitoring"]["policy"] = {"k": 3, "n": 2}
+    with pytest.raises(ConfigError, match=r"k \(3\) cannot exceed n \(2\)"):
+        parse_config(data)
+
+
+def test_performance_metric_defaults_to_the_tasks_first(raw: dict[str, Any]) -> None:
+    data = copy.deepcopy(raw)
+    del data["monitoring"]["performance"]["metric"]
+    assert parse_config(data).performance_metric == "roc_auc"
+    data["monitoring"]["performance"]["metric"] = "rmse"
+    with pytest.raises(ConfigError, match="'rmse' is not a classification metric"):
+        parse_config(data)

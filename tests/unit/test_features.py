@@ -159,6 +159,7 @@ def test_regression_label_is_the_column_itself(cfg: Config, store: Store) -> Non
     data = cfg.model_dump()
     data["task"], data["label"]["threshold"] = "regression", None
     data["gates"] = [{"metric": "rmse", "threshold": 30.0}]
+    data["monitoring"]["performance"]["metric"] = "rmse"
     reg = parse_config(data)
     primary = store.tables[MONTH][cfg.source.primary]
     values = features.label_values(reg, primary)
@@ -405,6 +406,7 @@ def test_history_months_reach_back_as_far_as_the_widest_window(cfg: Config) -> N
     assert features.history_months(cfg, "2013-01") == ["2012-11", "2012-12"]
     data = cfg.model_dump()
     data["features"]["carrier_history"]["windows_days"] = [7, 60]
+    data["monitoring"]["drift"]["ignore"] = []
     assert features.history_months(parse_config(data), "2013-04") == [
         "2013-01",
         "2013-02",
@@ -425,6 +427,7 @@ def test_history_months_cover_every_day_a_window_reaches(cfg: Config) -> None:
         data = cfg.model_dump()
         data["features"]["carrier_history"]["windows_days"] = windows
         data["features"]["route_history"]["windows_days"] = [1]
+        data["monitoring"]["drift"]["ignore"] = []
         c = parse_config(data)
         for month in ("2013-03", "2013-08"):
             start = pd.Timestamp(f"{month}-01")

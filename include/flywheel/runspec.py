@@ -36,6 +36,10 @@ class RunSpecError(ValueError):
         self.field = field
 
 
+REFERENCE_ARTIFACT = "reference/reference.parquet"  # in the training run's artifacts
+PREDICTION = "prediction"  # the score column of reference snapshots and prediction logs
+
+
 def command(spec_path: str, python: str = "python") -> list[str]:
     """The one training command line, for a local subprocess and a pod alike."""
     return [python, "-m", ENTRYPOINT, "--spec", spec_path]
@@ -57,6 +61,9 @@ class RunSpec:
     output_path: str  # where the entrypoint writes its RunResult JSON
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    # Rows of the "holdout" eval set kept, with the model's scores, as the model's reference
+    # snapshot for drift monitoring (REFERENCE_ARTIFACT in the run); 0: none.
+    reference_rows: int = 0
 
     def __post_init__(self) -> None:
         # Built by the DAG or read from JSON, a bad spec never exists: same checks either way.
@@ -71,6 +78,9 @@ class RunSpec:
             _text(data, name)
         _eval_paths(data)
         _int(data, "seed")
+        _int(data, "reference_rows")
+        if self.reference_rows < 0:
+            raise RunSpecError("spec field 'reference_rows': must be >= 0", "reference_rows")
         _choice(data, "device", DEVICES)
         self._check_columns()
 

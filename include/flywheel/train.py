@@ -31,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from flywheel.runspec import TRAIN, RunResult, RunSpec, RunSpecError
+from flywheel.runspec import PREDICTION, REFERENCE_ARTIFACT, TRAIN, RunResult, RunSpec, RunSpecError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -165,6 +165,9 @@ def _train_and_log(spec: RunSpec, base: Path) -> RunResult:
         }
     )
 
+    if spec.reference_rows and "holdout" in evals:
+        _log_reference(spec, model, evals["holdout"], Path(_resolve(spec.output_path, base)))
+
     began = time.perf_counter()
     _log_model(spec, model, x_train)
     print(f"flywheel.train: logged the model in {time.perf_counter() - began:.1f} s", flush=True)
@@ -179,6 +182,20 @@ def _train_and_log(spec: RunSpec, base: Path) -> RunResult:
     mlflow.log_text(spec.to_json(), "flywheel/run_spec.json")
     mlflow.log_text(result.to_json(), "flywheel/run_result.json")
     return result
+
+
+def _log_reference(spec: RunSpec, model: Any, holdout: pd.DataFrame, output: Path) -> None:
+    """The model's reference snapshot for drift monitoring: unseen rows of its own training
+    window (same distribution as what it trained on, hash split), with its scores on them,
+    so monitoring compares like with like: data, predictions and performance."""
+    import mlflow
+
+    rows = holdout.sample(n=min(len(holdout), spec.reference_rows), random_state=spec.seed)
+    scores = model.predict_proba(rows) if spec.task == "classification" else model.predict(rows)
+    rows = rows.assign(**{PREDICTION: scores[:, 1] if spec.task == "classification" else scores})
+    path = output.with_name("reference.parquet")
+    rows.reset_index(drop=True).to_parquet(path, index=False)
+    mlflow.log_artifact(str(path), REFERENCE_ARTIFACT.rpartition("/")[0])
 
 
 def _load(spec: RunSpec, name: str, path: str, columns: list[str]) -> pd.DataFrame:

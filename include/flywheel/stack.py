@@ -1,4 +1,5 @@
-"""Start, check and stop Flywheel's embedded stack: Airflow 3 components and an MLflow server.
+"""Start, check and stop Flywheel's embedded stack: Airflow 3 components, an MLflow server and
+the model server (`flywheel.serving`, the current @champion over REST).
 
 Each server runs as its own process group (`start_new_session=True`): its PID, which is also
 its group id, is recorded in `<home>/run/<name>.pid` and its output goes to
@@ -8,7 +9,8 @@ children running and the port bound).
 
     python -m flywheel.stack up | down | status
 
-This module only spawns processes; it imports neither Airflow nor MLflow.
+This module only spawns processes; it imports neither Airflow nor MLflow (nor the model
+server's FastAPI).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ ADMIN_USER = "admin"
 HOST = "127.0.0.1"  # loopback only: the embedded stack is a one-machine, one-user default
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 MLFLOW = "mlflow"
+SERVE = "model-server"
+COMPONENTS = (*AIRFLOW_COMPONENTS, MLFLOW, SERVE)
 # Stopped after the rest: tasks being stopped still report their end to its execution API.
 _STOP_LAST = ("api-server",)
 
@@ -55,6 +59,7 @@ class Stack:
     dags_folder: Path
     password: str
     username: str = ADMIN_USER
+    serve_port: int | None = None  # the model server; None: not started
 
     @property
     def airflow_url(self) -> str:
@@ -63,6 +68,11 @@ class Stack:
     @property
     def mlflow_url(self) -> str | None:
         return None if self.mlflow_port is None else f"http://{HOST}:{self.mlflow_port}"
+
+    @property
+    def serve_url(self) -> str | None:
+        """The model server: `GET /health`, `POST /predict` (see flywheel.serving)."""
+        return None if self.serve_port is None else f"http://{HOST}:{self.serve_port}"
 
 
 # --- layout and environment -----------------------------------------------------------------
@@ -122,6 +132,8 @@ def airflow_env(
         # The embedded stack replays 2013 in simulated time: batches start ingestion when
         # they land. A live monthly cron would start a run for a month that never lands.
         "FLYWHEEL_INGEST_CRON": os.environ.get("FLYWHEEL_INGEST_CRON", "none"),
+        # Monitoring follows the scored months, not the wall clock, for the same reason.
+        "FLYWHEEL_MONITOR_CRON": os.environ.get("FLYWHEEL_MONITOR_CRON", "none"),
         # Subprocesses started by tasks (e.g. compute=local training) use this venv.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
@@ -143,6 +155,19 @@ def mlflow_command(home: Path, port: int) -> list[str]:
         "--artifacts-destination", str(store / "artifacts"),
         "--workers", "1",  # each worker costs ~350 MiB; one is plenty for one user
     ]  # fmt: skip
+
+
+def serve_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "flywheel.serving", "--host", HOST, "--port", str(port)]
+
+
+def serve_env(home: Path, mlflow_uri: str | None) -> dict[str, str]:
+    """The model server reads the stack's home and registry (merged over os.environ)."""
+    env = {"FLYWHEEL_HOME": str(home)}
+    tracking_uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
 
 
 def ensure_admin_password(af_home: Path) -> str:
@@ -228,7 +253,7 @@ def _group_alive(pgid: int) -> bool:
 def running(home: Path) -> dict[str, int]:
     """Recorded components whose process group is still alive: name -> group id."""
     alive = {}
-    for name in (*AIRFLOW_COMPONENTS, MLFLOW):
+    for name in COMPONENTS:
         pid = _read_pid(home, name)
         if pid is not None and _group_alive(pid):
             alive[name] = pid
@@ -291,6 +316,11 @@ def mlflow_healthy(port: int) -> bool:
     return _get_json(f"http://{HOST}:{port}/health") is not None
 
 
+def serve_health(port: int) -> dict[str, object] | None:
+    """The model server's /health (status ok or no_champion, version), None if no answer."""
+    return _get_json(f"http://{HOST}:{port}/health")
+
+
 # Health keys of the components this module starts (the API server answers for itself).
 _HEALTH_KEYS = {
     "scheduler": "scheduler",
@@ -310,7 +340,7 @@ def _unhealthy_airflow(port: int) -> list[str]:
 def wait_healthy(stack: Stack, timeout: float = 180.0) -> None:
     """Block until every component answers healthy; raise StackError with log tails if not."""
     deadline = time.monotonic() + timeout
-    names = [*AIRFLOW_COMPONENTS] + ([MLFLOW] if stack.mlflow_port is not None else [])
+    names = _wanted(stack.mlflow_port, stack.serve_port)
     while True:
         alive = running(stack.home)
         dead = [name for name in names if name not in alive]
@@ -319,11 +349,21 @@ def wait_healthy(stack: Stack, timeout: float = 180.0) -> None:
         slow = _unhealthy_airflow(stack.airflow_port)
         if stack.mlflow_port is not None and not mlflow_healthy(stack.mlflow_port):
             slow.append(MLFLOW)
+        if stack.serve_port is not None and serve_health(stack.serve_port) is None:
+            slow.append(SERVE)
         if not slow:
             return
         if time.monotonic() > deadline:
             raise StackError(_report(stack.home, slow, f"not healthy after {timeout:.0f} s"))
         time.sleep(1.0)
+
+
+def _wanted(mlflow_port: int | None, serve_port: int | None) -> list[str]:
+    return [
+        *AIRFLOW_COMPONENTS,
+        *([MLFLOW] if mlflow_port is not None else []),
+        *([SERVE] if serve_port is not None else []),
+    ]
 
 
 def _report(home: Path, names: Iterable[str], what: str) -> str:
@@ -353,6 +393,8 @@ def read_stack(home: Path | None = None) -> Stack | None:
         mlflow_port=None if raw["mlflow_port"] is None else int(raw["mlflow_port"]),
         dags_folder=Path(raw["dags_folder"]),
         password=_stored_passwords(airflow_home(home)).get(ADMIN_USER, ""),
+        # Absent from state files written before the model server was part of the stack.
+        serve_port=None if raw.get("serve_port") is None else int(raw["serve_port"]),
     )
 
 
@@ -361,24 +403,32 @@ def start(
     *,
     airflow_port: int = 8080,
     mlflow_port: int | None = 5000,
+    serve_port: int | None = 0,
     dags_folder: Path | None = None,
     timeout: float = 180.0,
 ) -> Stack:
     """Start whatever part of the stack is not running under `home` and wait until healthy.
 
     Idempotent: if the stack already runs, its recorded ports win and nothing is restarted.
-    `mlflow_port=None` starts Airflow alone. On failure everything under `home` is stopped
-    and StackError carries the tail of the failing component's log.
+    `mlflow_port=None` starts Airflow alone. The model server listens on `serve_port`; the
+    default 0 picks a free port (callers that need a fixed one pass it: `up` passes
+    $FLYWHEEL_SERVE_PORT or 5005), None leaves it out. It starts fine before any model exists
+    (its /health says `no_champion`); `Stack.serve_url` is its address. On failure
+    everything under `home` is stopped and StackError carries the tail of the failing
+    component's log.
     """
     home = (home or default_home()).resolve()
     alive = running(home)
     previous = read_stack(home)
     if alive and previous is not None:  # running servers keep their ports and dags folder
         airflow_port, mlflow_port = previous.airflow_port, previous.mlflow_port
+        serve_port = previous.serve_port
         dags_folder = previous.dags_folder
     elif dags_folder is None:
         dags_folder = previous.dags_folder if previous else REPO_ROOT / "dags"
     dags_folder = dags_folder.resolve()
+    if serve_port == 0:  # any free port, but not one the caller just picked for the others
+        serve_port = next(p for p in free_ports(3) if p not in (airflow_port, mlflow_port))
     for sub in ("logs", "run", "airflow", "mlflow/artifacts"):
         (home / sub).mkdir(parents=True, exist_ok=True)
 
@@ -388,8 +438,9 @@ def start(
         mlflow_port=mlflow_port,
         dags_folder=dags_folder,
         password=ensure_admin_password(airflow_home(home)),
+        serve_port=serve_port,
     )
-    wanted = [*AIRFLOW_COMPONENTS] + ([MLFLOW] if mlflow_port is not None else [])
+    wanted = _wanted(mlflow_port, serve_port)
     missing = [name for name in wanted if name not in alive]
     if not missing:
         wait_healthy(stack, timeout)
@@ -400,6 +451,7 @@ def start(
     state = {
         "airflow_port": airflow_port,
         "mlflow_port": mlflow_port,
+        "serve_port": serve_port,
         "dags_folder": str(dags_folder),
     }
     _state_file(home).write_text(json.dumps(state, indent=2) + "\n")
@@ -410,6 +462,9 @@ def start(
             # Job execution (GenAI jobs) forks seven huey consumers that Flywheel never uses.
             _spawn(home, MLFLOW, mlflow_command(home, mlflow_port),
                    {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # fmt: skip
+        if SERVE in missing and serve_port is not None:
+            # Needs neither Airflow nor a model: it polls the registry until a champion shows.
+            _spawn(home, SERVE, serve_command(serve_port), serve_env(home, stack.mlflow_url))
         if any(name in missing for name in AIRFLOW_COMPONENTS):
             _migrate(home, env, timeout=max(timeout, 300.0))
         for name in AIRFLOW_COMPONENTS:
@@ -423,7 +478,10 @@ def start(
 
 
 def _airflow_command(name: str) -> list[str]:
-    argv = [sys.executable, "-m", "airflow", name]
+    # The scheduler forks the LocalExecutor's workers, which fork every task: started with
+    # the ML libraries imported, it hands them to every task (flywheel.preload).
+    runner = "flywheel.preload" if name == "scheduler" else "airflow"
+    argv = [sys.executable, "-m", runner, name]
     if name in ("scheduler", "triggerer"):
         # Their log servers bind 0.0.0.0 on fixed ports (8793/8794), so two stacks collide;
         # task logs are local files, which the API server reads directly anyway.
@@ -432,10 +490,13 @@ def _airflow_command(name: str) -> list[str]:
 
 
 def _check_ports(stack: Stack, missing: list[str]) -> None:
-    ports = {"api-server": stack.airflow_port, MLFLOW: stack.mlflow_port}
-    for name, port in ports.items():
+    ports = {
+        "api-server": (stack.airflow_port, "FLYWHEEL_AIRFLOW_PORT"),
+        MLFLOW: (stack.mlflow_port, "FLYWHEEL_MLFLOW_PORT"),
+        SERVE: (stack.serve_port, "FLYWHEEL_SERVE_PORT"),
+    }
+    for name, (port, env_var) in ports.items():
         if name in missing and port is not None and not port_is_free(port):
-            env_var = "FLYWHEEL_MLFLOW_PORT" if name == MLFLOW else "FLYWHEEL_AIRFLOW_PORT"
             raise StackError(f"port {port} for {name} is taken by another process; set {env_var}")
 
 
@@ -517,7 +578,7 @@ def stop(home: Path | None = None, timeout: float = 30.0) -> list[str]:
         psutil.wait_procs(survivors, timeout=5)
         for name in batch:
             _group_alive(alive[name])  # reap our own child, if it was one
-    for name in (*AIRFLOW_COMPONENTS, MLFLOW):
+    for name in COMPONENTS:
         (_run_dir(home) / f"{name}.pid").unlink(missing_ok=True)
     return list(alive)
 
@@ -550,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
                 home,
                 airflow_port=_env_port("FLYWHEEL_AIRFLOW_PORT", 8080),
                 mlflow_port=_env_port("FLYWHEEL_MLFLOW_PORT", 5000),
+                serve_port=_env_port("FLYWHEEL_SERVE_PORT", 5005),
                 dags_folder=args.dags_folder,
                 timeout=args.timeout,
             )
@@ -559,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Flywheel stack up in {time.monotonic() - began:.0f} s (home {home})")
         print(f"  Airflow UI  {stack.airflow_url}   login {stack.username} / {stack.password}")
         print(f"  MLflow UI   {stack.mlflow_url}")
+        print(f"  Model API   {stack.serve_url}   POST /predict, GET /health")
         print(f"  logs        {home / 'logs'}")
         return 0
 
@@ -569,14 +632,25 @@ def main(argv: list[str] | None = None) -> int:
 
     alive = running(home)
     recorded = read_stack(home)
-    for name in (*AIRFLOW_COMPONENTS, MLFLOW):
+    for name in COMPONENTS:
         state = f"running (pid {alive[name]})" if name in alive else "stopped"
         print(f"{name:14} {state}")
     if recorded is not None and alive:
         print(f"airflow health {airflow_health(recorded.airflow_port) or 'no answer'}")
         print(f"Airflow UI     {recorded.airflow_url}   login {recorded.username}")
         print(f"MLflow UI      {recorded.mlflow_url}")
+        if recorded.serve_port is not None:
+            print(f"Model API      {recorded.serve_url}   {_serve_line(recorded.serve_port)}")
     return 0 if alive else 1
+
+
+def _serve_line(port: int) -> str:
+    health = serve_health(port)
+    if health is None:
+        return "no answer"
+    if health.get("status") == "ok":
+        return f"serving {health.get('model')} v{health.get('version')}"
+    return f"{health.get('status')} ({health.get('model')})"
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""The embedded stack for real: Airflow's components and MLflow start on free loopback ports,
-a DAG written here is parsed, unpaused, triggered over REST and run by the real scheduler,
-a failing task is reported with its log, and stopping leaves no process and no bound port.
+"""The embedded stack for real: Airflow's components, MLflow and the model server start on
+loopback ports, a DAG written here is parsed, unpaused, triggered over REST and run by the
+real scheduler, a failing task is reported with its log, the model server answers before any
+model exists, and stopping leaves no process, no process group and no bound port.
 
 The tests share one stack (module scope) and run in file order: the last one stops it.
 """
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -63,7 +65,23 @@ def test_stack_is_healthy_on_loopback(airflow_stack):
     assert set(health.values()) == {"healthy"}, health
     assert requests.get(f"{airflow_stack.mlflow_url}/health", timeout=5).ok
     assert airflow_stack.airflow_url.startswith("http://127.0.0.1:")
-    assert set(stack.running(airflow_stack.home)) == {*stack.AIRFLOW_COMPONENTS, stack.MLFLOW}
+    assert set(stack.running(airflow_stack.home)) == set(stack.COMPONENTS)
+
+
+def test_model_server_answers_before_any_model(airflow_stack):
+    serve_url = airflow_stack.stack.serve_url
+    assert serve_url is not None
+    assert serve_url.startswith("http://127.0.0.1:")
+    health = requests.get(f"{serve_url}/health", timeout=5)
+    assert health.status_code == 200
+    assert health.json()["status"] == "no_champion"
+    assert health.json()["model"] == "flight_delay"
+    assert health.json()["version"] is None
+    assert stack.read_stack(airflow_stack.home) == airflow_stack.stack  # recorded, port included
+
+    resp = requests.post(f"{serve_url}/predict", json={"rows": [{"flight_id": "x"}]}, timeout=5)
+    assert resp.status_code == 422
+    assert "missing keys" in resp.json()["detail"]
 
 
 def test_dag_runs_through_the_scheduler(airflow_stack):
@@ -97,17 +115,23 @@ def test_failed_run_names_the_task_and_shows_its_log(airflow_stack):
 def test_stop_leaves_no_process_and_frees_the_ports(airflow_stack):
     home = airflow_stack.home
     procs = stack.processes(home)
-    assert len(procs) >= 5  # at least one per component, plus the LocalExecutor's workers
+    assert len(procs) >= 6  # at least one per component, plus the LocalExecutor's workers
+    groups = stack.running(home)
 
     stopped = stack.stop(home)
 
-    assert set(stopped) == {*stack.AIRFLOW_COMPONENTS, stack.MLFLOW}
+    assert set(stopped) == set(stack.COMPONENTS)
+    for pgid in groups.values():
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pgid, 0)  # the whole group is gone, model server's included
     assert [p.pid for p in procs if _alive(p)] == []
     assert stack.running(home) == {}
     assert _processes_started_for(home) == []
     assert stack.port_is_free(airflow_stack.stack.airflow_port)
     assert airflow_stack.stack.mlflow_port is not None
     assert stack.port_is_free(airflow_stack.stack.mlflow_port)
+    assert airflow_stack.stack.serve_port is not None
+    assert stack.port_is_free(airflow_stack.stack.serve_port)
     assert not list((home / "run").glob("*.pid"))
 
 

@@ -11,10 +11,11 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flywheel.config import Config
 from flywheel.paths import REPO_ROOT, Home
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class FeastRepoMismatch(RuntimeError):
@@ -124,6 +126,21 @@ def check_repo(cfg: Config, fs: FeatureStore) -> None:
             )
     if problems:
         raise FeastRepoMismatch("Feast repo and config disagree:\n  " + "\n  ".join(problems))
+
+
+def while_materializing(read: Callable[[], T], timeout_s: float = 300.0) -> T:
+    """`read()`, waiting out a concurrent materialization: Feast marks a view MATERIALIZING
+    while `materialize` writes it and refuses to serve it, offline reads included, until
+    it is AVAILABLE_ONLINE again (a few seconds per month)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return read()
+        except ValueError as err:
+            if "MATERIALIZING" not in str(err) or time.monotonic() > deadline:
+                raise
+            log.info("Feast: %s; retrying in 3 s", err)
+            time.sleep(3)
 
 
 def materialize(cfg: Config, home: Home, start: datetime, end: datetime) -> None:

@@ -55,11 +55,16 @@ def ingested_months(cfg: Config, home: Home) -> list[str]:
 
 
 def resolve_window(cfg: Config, home: Home, first: str | None, last: str | None) -> Window:
-    """The window asked for, defaulting to everything ingested (an expanding window)."""
+    """The window asked for. By default it ends with the last ingested month and starts
+    `training.window_months` before (or with the first ingested month when unset)."""
     have = ingested_months(cfg, home)
     if not have:
         raise TrainingSetError(f"no ingested months under {home.entity_rows(cfg.entity.name)}")
-    window = Window(first or have[0], last or have[-1])
+    last = last or have[-1]
+    if first is None:
+        earlier = [m for m in have if m <= last] or have
+        first = earlier[-cfg.training.window_months :][0] if cfg.training.window_months else have[0]
+    window = Window(first, last)
     for name, month in (("first", window.first), ("last", window.last)):
         month_bounds(month)  # validates the form
         if month not in have:
@@ -99,7 +104,9 @@ def retrieve(cfg: Config, home: Home, entity_df: pd.DataFrame) -> pd.DataFrame:
     fs = feast_ops.store(cfg, home)
     service = fs.get_feature_service(cfg.feast.feature_service)
     with feast_ops.home_in_env(home):
-        joined = fs.get_historical_features(entity_df=entity_df, features=service).to_df()
+        joined = feast_ops.while_materializing(
+            lambda: fs.get_historical_features(entity_df=entity_df, features=service).to_df()
+        )
     if len(joined) != len(entity_df):
         # The offline store drops rows whose entity has data, but none within the TTL.
         raise TrainingSetError(

@@ -2,8 +2,13 @@
 ### train_model
 
 Every model Flywheel serves got there through this DAG, with its lineage on record and
-every gate passed. It starts when new features land (the `features` Asset), when drift
-monitoring asks for it (conf: `reason`, `drift_report`), or by hand with typed Params.
+every gate passed. It starts:
+- when monitor_drift's retrain policy asks (run id `drift__<month>`; conf: `reason`,
+  `drifted_features`, `drift_report`, `retrain_request`);
+- by hand, with typed Params;
+- when new features land (the `features` Asset), but that trains only the first champion,
+  once `training.bootstrap_months` are in (or every month with
+  `training.retrain_on_new_features`).
 
 1. **prepare_training**: point-in-time training set from Feast through the versioned
    FeatureService over the window; splits by the frozen holdout rule; fingerprint of
@@ -23,6 +28,8 @@ monitoring asks for it (conf: `reason`, `drift_report`), or by hand with typed P
    a lock, so promotions never interleave; emits the `model` Asset.
 7. **write_run_card**: one page joining the Airflow run, MLflow run, Feast service,
    validation result and alias state, logged to MLflow.
+8. **close_retrain_request**: a drift-triggered run marks its request answered, with the
+   outcome (promoted, refused, or no candidate), whatever happened before.
 """
 
 from __future__ import annotations
@@ -115,6 +122,14 @@ def _reason(context: dict[str, Any]) -> str:
         "drift_report": Param(
             None, type=["null", "string"], description="Link to the drift report"
         ),
+        "drifted_features": Param(
+            [], type="array", description="Features whose drift led to this run (drift triggers)"
+        ),
+        "retrain_request": Param(
+            None,
+            type=["null", "string"],
+            description="The monitor_drift retrain request this run answers; closed at the end",
+        ),
     },
     doc_md=__doc__,
 )
@@ -124,9 +139,16 @@ def train_model() -> None:
         import logging
 
         from flywheel.config import load_config
-        from flywheel.training import Plan, TrainingRefused, prepare
+        from flywheel.training import Plan, TrainingRefused, new_features_verdict, prepare
 
         cfg = load_config()
+        log = logging.getLogger("airflow.task")
+        run_type = getattr(context["dag_run"].run_type, "value", context["dag_run"].run_type)
+        if run_type == "asset_triggered":
+            why_not = new_features_verdict(cfg, HOME)
+            if why_not:
+                log.info("Not training: %s", why_not)
+                raise AirflowSkipException(why_not)
         plan = Plan.from_params(cfg, dict(context["params"]), _reason(context))
         if plan.compute == "kubernetes" and not cluster_configured():
             raise AirflowFailException(
@@ -138,7 +160,7 @@ def train_model() -> None:
         except TrainingRefused as err:
             raise AirflowFailException(str(err)) from None
         if "skip" in info:
-            logging.getLogger("airflow.task").info("Not training: %s", info["skip"])
+            log.info("Not training: %s", info["skip"])
             raise AirflowSkipException(info["skip"])
         _link_mlflow_run(info, context)
         return info
@@ -240,7 +262,31 @@ def train_model() -> None:
     promoted = promote_champion(info, candidate, verdict)
     decide_promotion(verdict) >> [approve_promotion, promoted]
     approve_promotion >> promoted
-    promoted >> write_run_card(info, candidate, verdict)
+    card = write_run_card(info, candidate, verdict)
+    promoted >> card
+
+    @task(trigger_rule="all_done")
+    def close_retrain_request(**context: Any) -> dict[str, Any]:
+        """Answers monitor_drift's request, whatever happened, so it is not triggered again."""
+        from flywheel.monitoring import close_request
+
+        request = context["params"].get("retrain_request")
+        if not request:
+            raise AirflowSkipException("not started by a retrain request")
+        ti = context["ti"]
+        verdict = ti.xcom_pull(task_ids="gate_candidate")
+        promoted = ti.xcom_pull(task_ids="promote_champion")
+        candidate = ti.xcom_pull(task_ids="register_candidate")
+        outcome = {
+            "dag_run_id": context["run_id"],
+            "version": candidate["version"] if candidate else None,
+            "gate": verdict["summary"] if verdict else None,
+            "promoted": bool(promoted),
+            "result": "promoted" if promoted else "refused" if verdict else "no candidate",
+        }
+        return close_request(HOME, request, outcome)
+
+    card >> close_retrain_request()
 
 
 train_model()

@@ -528,6 +528,8 @@ def history(client: MlflowClient | str, model_name: str) -> list[dict[str, Any]]
                     (mv.creation_timestamp or 0) / 1000, UTC
                 ).isoformat(timespec="seconds"),
                 "aliases": sorted(a for a, av in current.items() if av == v),
+                "window": tags.get("training.window"),
+                "reason": tags.get("trigger.reason"),
                 "fingerprint": tags.get(TRAINING_FINGERPRINT_TAG),
                 "dataset_fingerprint": tags.get(FINGERPRINT_TAG),
                 "lineage_complete": lineage_complete(tags).passed,

@@ -7,6 +7,7 @@ a Kubernetes pod reads and writes through the same volume.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -101,6 +102,30 @@ class Plan:
         )
 
 
+def new_features_verdict(cfg: Config, home: Home) -> str | None:
+    """Whether a `features` event alone should train: None if so, else why not.
+
+    Until the first champion exists, yes, once `training.bootstrap_months` are in. After
+    that only with `training.retrain_on_new_features`; otherwise retraining is the drift
+    policy's call (flywheel.policy), so new data does not retrain a model that still fits.
+    """
+    from flywheel import registry, training_set
+
+    if cfg.training.retrain_on_new_features:
+        return None
+    current = registry.champion(tracking_uri(home), cfg.registry.model_name)
+    if current is not None:
+        return (
+            f"@champion v{current.version} is serving: new features alone do not retrain it "
+            "(training.retrain_on_new_features is off); monitor_drift's retrain policy decides"
+        )
+    have = len(training_set.ingested_months(cfg, home))
+    need = cfg.training.bootstrap_months
+    if have < need:
+        return f"no champion yet: {have} of the {need} months the first model needs are in"
+    return None
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:120]
 
@@ -177,7 +202,8 @@ def prepare(cfg: Config, home: Home, plan: Plan, dag_id: str, run_id: str) -> di
                 "training.fingerprint": fp,
                 "code.version": code,
                 "training.window": f"{window.first}..{window.last}",
-                "trigger.reason": plan.reason,
+                "trigger.reason": plan.reason[:5000],
+                "trigger.drift_report": plan.report_url or "",
                 "validation.training_set": "passed" if report.success else "failed",
             }
         )
@@ -207,6 +233,7 @@ def prepare(cfg: Config, home: Home, plan: Plan, dag_id: str, run_id: str) -> di
         tracking_uri=_pod_tracking_uri() if plan.compute == "kubernetes" else uri,
         run_id=info["mlflow_run_id"],
         output_path=str(folder / "result.json"),
+        reference_rows=cfg.monitoring.reference_rows,
     )
     info["spec_path"] = str(spec.write(folder / "spec.json"))
     return info
@@ -223,15 +250,57 @@ def _pod_tracking_uri() -> str:
 
 
 def train_local(spec_path: str) -> None:
-    """The one entrypoint, as a subprocess of the worker; its output goes to the task log."""
-    from flywheel.runspec import command
+    """The one entrypoint (`flywheel.train.main`), in a child process of the worker; its
+    output goes to the task log, line by line.
 
-    proc = subprocess.run(command(spec_path, python=sys.executable), capture_output=True, text=True)
-    for line in (proc.stdout + proc.stderr).splitlines():
+    Forked where the platform can, so the child starts with the libraries the task already
+    imported (the embedded stack preloads them: flywheel.preload) instead of importing them
+    again for ~20 s; a fresh `python -m flywheel.train` otherwise. Either way the same code
+    runs with the same spec, as it does in the Kubernetes pod."""
+    if hasattr(os, "fork") and os.environ.get("FLYWHEEL_TRAIN_FORK", "1") == "1":
+        code, lines = _forked_entrypoint(spec_path)
+    else:
+        from flywheel.runspec import command
+
+        proc = subprocess.run(
+            command(spec_path, python=sys.executable), capture_output=True, text=True
+        )
+        code, lines = proc.returncode, (proc.stdout + proc.stderr).splitlines()
+    for line in lines:
         log.info("train: %s", line)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"training exited with {proc.returncode}: {last}")
+    if code != 0:
+        last = next((ln for ln in reversed(lines) if ln.strip()), "(no output)")
+        raise RuntimeError(f"training exited with {code}: {last}")
+
+
+def _forked_entrypoint(spec_path: str) -> tuple[int, list[str]]:
+    import io
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: stdout, stderr and logging into the pipe, then the entrypoint
+        code = 1
+        try:
+            os.close(read_fd)
+            os.dup2(write_fd, 1)
+            os.dup2(write_fd, 2)
+            sys.stdout = sys.stderr = io.TextIOWrapper(
+                os.fdopen(1, "wb", closefd=False), line_buffering=True
+            )
+            # The parent's handlers write to Airflow's log channel: not from two processes.
+            logging.root.handlers = [logging.StreamHandler(sys.stderr)]
+            from flywheel.train import main
+
+            code = main(["--spec", spec_path])
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "r", errors="replace") as pipe:
+        lines = [line.rstrip("\n") for line in pipe]
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), lines
 
 
 def register_candidate(cfg: Config, home: Home, info: dict[str, Any]) -> dict[str, Any]:
@@ -263,14 +332,36 @@ def register_candidate(cfg: Config, home: Home, info: dict[str, Any]) -> dict[st
     }
 
 
-def score(model_uri: str, frame: Any, cfg: Config) -> Any:
-    """A model's scores on a frame: P(label=1) for classification, the value otherwise."""
+def load_model(model_uri: str) -> Any:
+    """A registered model as the estimator it was logged as (mlflow sklearn flavour)."""
     import mlflow
 
-    model = mlflow.sklearn.load_model(model_uri)
+    return mlflow.sklearn.load_model(model_uri)
+
+
+def predict(model: Any, frame: Any, cfg: Config) -> Any:
+    """A model's scores on a frame: P(label=1) for classification, the value otherwise."""
     if cfg.task == "classification":
         return model.predict_proba(frame)[:, 1]
     return model.predict(frame)
+
+
+def score(model_uri: str, frame: Any, cfg: Config) -> Any:
+    return predict(load_model(model_uri), frame, cfg)
+
+
+def fit_like_champion(cfg: Config, train: Any, seed: int = 0) -> Any:
+    """The configured model fitted in-process on `train`: the report's baselines, trained
+    exactly like the entrypoint trains (same builder, same hyperparameters)."""
+    from flywheel.models import build_model
+
+    categorical = list(cfg.training.categorical)
+    numeric = [f for f in cfg.feature_names() if f not in categorical]
+    model = build_model(
+        cfg.task, cfg.training.model.type, cfg.training.model.params, numeric, categorical, seed
+    )
+    model.fit(train, train[cfg.label.name])
+    return model
 
 
 def gate(

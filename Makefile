@@ -15,7 +15,7 @@ TORCH_WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 # Re-install only when the pins or the package metadata change.
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv lint test up down status demo clean
+.PHONY: help venv lint test up down status demo demo-short clean
 
 help:
 	@echo "make venv    create/update .venv from requirements*.txt"
@@ -24,7 +24,8 @@ help:
 	@echo "make up      start Airflow + MLflow in the background; prints URLs and login"
 	@echo "make status  which components run"
 	@echo "make down    stop every process 'up' started"
-	@echo "make demo    run the closed loop end to end"
+	@echo "make demo    the year in review: replay 2013 through the loop, write the report"
+	@echo "make demo-short  the same for Q1 + April..June (a quick look)"
 	@echo "make clean   down, then remove .flywheel (all local state)"
 
 venv: $(STAMP)
@@ -57,6 +58,9 @@ down:
 
 demo: venv
 	$(PY) -m flywheel.demo
+
+demo-short: venv
+	$(PY) -m flywheel.demo --short
 
 clean: down
 	rm -rf .flywheel .pytest_cache .mypy_cache .ruff_cache

@@ -46,6 +46,13 @@ def _wait_trained(client: AirflowClient, count: int) -> dict:
 
 
 @pytest.fixture(scope="module")
+def stack_config_overrides():
+    # Every features event trains here (the default trains only the first champion, then
+    # leaves retraining to the drift policy: tests/e2e/test_loop.py).
+    return {"training": {"bootstrap_months": 1, "retrain_on_new_features": True}}
+
+
+@pytest.fixture(scope="module")
 def stack(airflow_stack):
     client = airflow_stack.client
     for dag_id in (INGEST, TRAIN, ROLLBACK):

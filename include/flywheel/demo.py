@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         mlflow_port=int(os.environ.get("FLYWHEEL_MLFLOW_PORT", "5000")),
         serve_port=int(os.environ.get("FLYWHEEL_SERVE_PORT", "5005")),
     )
+    if running.mlflow_url:  # this process reads the registry and the runs too (the report)
+        os.environ["MLFLOW_TRACKING_URI"] = running.mlflow_url
     client = AirflowClient(running.airflow_url, running.username, running.password)
     replay = Replay(client, cfg, home, champion_of(cfg, running.mlflow_url), say=_say)
     _say(f"stack up in {time.monotonic() - began:.0f} s; DAGs registered and unpaused")
@@ -127,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     replay_year(replay, cfg, home, through, broken, cfg.training.bootstrap_months)
     replay_s = time.monotonic() - replay_began
     _say(f"replay done in {replay_s:.0f} s; writing the report")
+    out_dir = home.root / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "timeline.json").write_text(json.dumps(replay.timeline(), indent=2))
 
     from flywheel import report
 
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         home,
         replay.timeline(),
         replay_s,
-        home.root / "report",
+        out_dir,
         links={
             "airflow": running.airflow_url,
             "mlflow": running.mlflow_url,

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,9 @@ def _forked_entrypoint(spec_path: str) -> tuple[int, list[str]]:
             from flywheel.train import main
 
             code = main(["--spec", spec_path])
+        except BaseException:  # e.g. an import error: say so, or the task log shows nothing
+            with contextlib.suppress(Exception):
+                traceback.print_exc()
         finally:
             with contextlib.suppress(Exception):
                 sys.stdout.flush()

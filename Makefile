@@ -15,12 +15,14 @@ TORCH_WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 # Re-install only when the pins or the package metadata change.
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv lint test up down status demo demo-short clean
+.PHONY: help venv lint test bench up down status demo demo-short clean
 
 help:
 	@echo "make venv    create/update .venv from requirements*.txt"
 	@echo "make lint    ruff + mypy"
 	@echo "make test    lint, then the whole test suite (starts real Airflow/MLflow on loopback)"
+	@echo "make bench   the benchmarks (~45 min; not part of test): table + bench/results.json"
+	@echo "             ONLY=drift_check,online_lookup runs some; QUICK=1 the smallest sizes"
 	@echo "make up      start Airflow + MLflow in the background; prints URLs and login"
 	@echo "make status  which components run"
 	@echo "make down    stop every process 'up' started"
@@ -46,6 +48,10 @@ lint: venv
 
 test: venv lint
 	$(PY) -m pytest tests
+
+# Benchmarks measure this machine, so they stay out of `test` (which runs one quick smoke).
+bench: venv
+	$(PY) -m bench $(if $(ONLY),--only $(ONLY)) $(if $(QUICK),--quick)
 
 up: venv
 	$(PY) -m flywheel.stack up

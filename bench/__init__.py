@@ -1,0 +1,1 @@
+"""Flywheel's benchmarks: `make bench` (python -m bench). See bench/harness.py."""

@@ -19,6 +19,8 @@ from flywheel.validation import (
     BatchRejected,
     BatchUnreadable,
     ValidationReport,
+    _most_common,
+    _typed_strings,
     check_batch,
     read_batch,
     validate_batch,
@@ -82,6 +84,21 @@ def test_good_month_passes(good_report: ValidationReport, good_tables: dict) -> 
     assert good_report.docs_path.name == "index.html"
 
 
+def test_data_docs_show_every_table_of_the_batch(
+    cfg: Config, gx_root: Path, good_report: ValidationReport
+) -> None:
+    # One Data Docs build for the whole batch (not one per table) still renders each
+    # table's suite and validation result, and links them from the index.
+    site = gx_root / "gx" / "uncommitted" / "data_docs" / "local_site"
+    index = (site / "index.html").read_text()
+    for table in cfg.source.tables:
+        suite_page = site / "expectations" / "flights" / MONTH / f"{table}.html"
+        assert suite_page.is_file(), suite_page
+        runs = list((site / "validations" / "flights" / MONTH / table).rglob("*.html"))
+        assert runs, table
+        assert any(str(p.relative_to(site)) in index for p in runs), table
+
+
 def test_revalidating_in_the_same_gx_root_is_idempotent(
     cfg: Config, good_folder: Path, gx_root: Path, good_report: ValidationReport
 ) -> None:
@@ -108,6 +125,9 @@ def test_a_rare_outlier_passes_thanks_to_mostly(cfg: Config, gx_root: Path, tmp_
     assert wind["success"]
     assert wind["result"]["unexpected_count"] == 1
     assert wind["result"]["partial_unexpected_list"] == [1048.36058]
+    # BASIC results: counts and examples, no index lists of the unexpected rows (computing
+    # them costs two more passes over the table per expectation).
+    assert "partial_unexpected_index_list" not in wind["result"]
 
 
 # --- broken batches --------------------------------------------------------------------
@@ -190,6 +210,63 @@ def test_unparseable_timestamps_fail_not_null_instead_of_crashing(
         "flights.time_hour: expect_column_values_to_not_be_null failed "
         "(10 of 26865 values unexpected (0.04%), e.g. NaT)"
     ]
+
+
+def test_a_string_column_holding_a_number_fails_its_type_check_with_examples(
+    cfg: Config, good_tables: dict[str, pd.DataFrame], gx_root: Path
+) -> None:
+    tables = _copy(good_tables)
+    tables["flights"].loc[:4, "dest"] = 404  # five ints among the airport codes
+
+    report = validate_batch(cfg, MONTH, tables, gx_root)
+
+    n = len(tables["flights"])
+    assert report.failures == [
+        "flights.dest: expect_column_values_to_be_in_type_list failed (observed type object; "
+        f"5 of {n} values unexpected ({500 / n:.2f}%), e.g. 404)"
+    ]
+    assert tables["flights"]["dest"].dtype == object  # the caller's frame is left alone
+
+
+def test_only_columns_of_strings_are_handed_to_gx_as_strings(cfg: Config) -> None:
+    spec = cfg.source.tables["flights"]
+    assert spec.columns["tailnum"].nullable
+    assert not spec.columns["carrier"].nullable
+    frame = pd.DataFrame(
+        {
+            "carrier": ["UA", "AA", "B6"],
+            "tailnum": ["N1", None, float("nan")],  # nullable: strings and nulls are fine
+            "origin": ["EWR", None, "JFK"],  # a null it must not have: left for GX
+            "dest": ["IAH", 5, "MIA"],  # a number among strings: left for GX to count
+            "flight": [1, 2, 3],  # not a "str" column
+        },
+        dtype=object,
+    )
+
+    typed = _typed_strings(frame, spec)
+
+    assert {c: str(t) for c, t in typed.dtypes.items()} == {
+        "carrier": "string",
+        "tailnum": "string",
+        "origin": "object",
+        "dest": "object",
+        "flight": "object",
+    }
+    assert typed["tailnum"].isna().tolist() == [False, True, True]
+    assert set(map(str, frame.dtypes)) == {"object"}  # a new frame; the input is unchanged
+
+
+def test_failure_examples_are_the_most_frequent_values_first() -> None:
+    # As GX's SUMMARY `partial_unexpected_counts` ranks them: count, then value.
+    assert _most_common(["b", "a", "c", "b", "a", "b", "d"]) == ["b", "a", "c"]
+    assert _most_common([{"x": 1, "y": "a"}, {"x": 1, "y": "a"}, {"x": 2, "y": "b"}]) == [
+        (1, "a"),
+        (2, "b"),
+    ]
+    assert _most_common([3, "x", "x"]) == ["x", 3]
+    assert _most_common([3, "x"]) == [3, "x"]  # a tie between values that do not compare
+    assert _most_common([[1], [2]]) == [[1], [2]]  # unhashable: the first ones
+    assert _most_common(None) == []
 
 
 # --- unreadable files --------------------------------------------------------------------

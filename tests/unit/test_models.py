@@ -13,7 +13,14 @@ import pandas as pd
 import pytest
 from sklearn.metrics import mean_squared_error, roc_auc_score
 
-from flywheel.models import build_model, fitted_device, prepare_frame, resolve_device
+from flywheel.models import (
+    FastScorer,
+    build_model,
+    compile_scorer,
+    fitted_device,
+    prepare_frame,
+    resolve_device,
+)
 
 NUMERIC = ["x0", "x1", "x2", "x3", "x4"]
 CATEGORICAL = ["origin", "carrier"]
@@ -187,3 +194,79 @@ def test_prepare_frame_normalizes_dtypes_and_names_missing_columns() -> None:
     assert out["k"].tolist() == ["1", "2", "1"]  # categories are strings
     with pytest.raises(ValueError, match=r"\['temp'\]"):
         prepare_frame(frame, ["temp"], [])
+
+
+def test_prepare_frame_keeps_the_index() -> None:
+    frame = pd.DataFrame({"n": [1.5, np.nan], "c": ["a", None]}, index=[7, 3])
+    out = prepare_frame(frame, ["n"], ["c"])
+    assert out.index.tolist() == [7, 3]
+    assert out["n"].tolist()[0] == 1.5
+    assert out["c"].tolist()[0] == "a"
+
+
+def _odd_rows(test: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Rows a request can bring: unseen and missing categories, missing numerics."""
+    rows = test.drop(columns="y").head(n).reset_index(drop=True)
+    rows.loc[::3, "carrier"] = "ZZ"  # never seen in training
+    rows.loc[1::5, "origin"] = None
+    rows.loc[::4, "x0"] = np.nan
+    rows.loc[2::7, ["x1", "x2", "x3", "x4"]] = np.nan
+    return rows
+
+
+def _columns(frame: pd.DataFrame) -> dict[str, list[Any]]:
+    return {c: [None if v is None else v for v in frame[c].tolist()] for c in frame.columns}
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_fast_scorer_gives_the_pipelines_scores_exactly(fitted: dict[Any, Any], task: str) -> None:
+    model, test = fitted[task, "hist_gbm"]
+    scorer = compile_scorer(model)
+    assert scorer is not None
+    rows = _odd_rows(test, 150)  # more than one chunk of rows
+    want = model.predict_proba(rows)[:, 1] if task == "classification" else model.predict(rows)
+    np.testing.assert_array_equal(scorer.score(_columns(rows)), want)
+    one = rows.iloc[[0]]  # one row: the server's usual request
+    want_one = model.predict_proba(one)[:, 1] if task == "classification" else model.predict(one)
+    np.testing.assert_array_equal(scorer.score(_columns(one)), want_one)
+
+
+def test_fast_scorer_with_missing_and_infrequent_categories_in_training() -> None:
+    """Categories seen missing in training, and more than the encoder keeps (the rarest
+    share one "infrequent" code): the lookups still give the pipeline's codes."""
+    rng = np.random.default_rng(4)
+    n = 3000
+    train = make_frame(n, "classification", seed=4)
+    # 300 carriers, the first ones common, the tail rare: beyond MAX_GBM_CATEGORIES.
+    common = rng.random(n) < 0.5
+    train["carrier"] = [
+        f"C{k}" for k in np.where(common, rng.integers(0, 5, n), rng.integers(0, 300, n))
+    ]
+    train.loc[rng.random(n) < 0.05, "origin"] = None
+    train["y"] = ((train["carrier"] == "C1") ^ (train["x0"] > 0)).astype(int)
+    model = build_model("classification", "hist_gbm", {"max_iter": 30}, NUMERIC, CATEGORICAL)
+    model.fit(train, train["y"])
+    encoder = model[1].named_transformers_["cat"]
+    assert len(encoder.infrequent_categories_[CATEGORICAL.index("carrier")]) > 0
+    scorer = compile_scorer(model)
+    assert scorer is not None
+    rows = train.drop(columns="y").sample(400, random_state=1).reset_index(drop=True)
+    rows.loc[::9, "carrier"] = "never-seen"
+    rows.loc[::11, "origin"] = None
+    rows.loc[::13, "x4"] = np.nan
+    np.testing.assert_array_equal(scorer.score(_columns(rows)), model.predict_proba(rows)[:, 1])
+
+
+def test_compile_scorer_declines_what_it_cannot_score(fitted: dict[Any, Any]) -> None:
+    mlp, _ = fitted["classification", "torch_mlp"]
+    assert compile_scorer(mlp) is None
+    assert compile_scorer(object()) is None
+
+
+def test_compile_scorer_refuses_a_scorer_that_disagrees(
+    fitted: dict[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _ = fitted["classification", "hist_gbm"]
+    real = FastScorer.raw
+    monkeypatch.setattr(FastScorer, "raw", lambda self, X: real(self, X) + 1e-12)
+    assert compile_scorer(model) is None

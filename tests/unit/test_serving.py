@@ -190,6 +190,52 @@ def test_predict_scores_with_the_champion(cfg, client, server, registry, store, 
     assert 0.0 <= preds[2]["score"] <= 1.0
 
 
+def test_the_champion_scores_on_the_fast_path_with_its_own_numbers(
+    cfg, client, server, registry, store, models
+):
+    registry.champion = "1"
+    server.reload()
+    assert server.served.scorer is not None
+    assert server.scores_inline(1)
+    assert not server.scores_inline(serving.INLINE_ROWS + 1)
+    rows = [
+        row(KNOWN[0]),
+        row(KNOWN[1], dest="ZZZ", carrier=None),  # unseen and missing categories
+        row("2014-01-01T05:00Z|XX|1|EWR"),  # every feature missing
+    ]
+    preds = client.post("/predict", json={"rows": rows}).json()["predictions"]
+    entities = server.entity_rows(rows)
+    values, _ = server._values(entities, store(entities))
+    expected = models["1"].predict_proba(server._frame(entities, values))[:, 1]
+    assert [p["score"] for p in preds] == expected.tolist()  # exactly, not approximately
+
+
+class Wrapped:
+    """A champion that is no Pipeline: it has no fast path, its own predict_proba scores."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.calls = model, 0
+
+    def predict_proba(self, frame: pd.DataFrame) -> Any:
+        self.calls += 1
+        return self.model.predict_proba(frame)
+
+
+def test_a_model_without_fast_path_scores_itself(client, server, registry, models):
+    registry.models = {**models, "5": Wrapped(models["1"])}
+    registry.champion = "1"
+    server.reload()
+    fast = client.post("/predict", json={"rows": [row(), row(KNOWN[2])]}).json()
+    registry.champion = "5"
+    server.reload()
+    assert server.served.scorer is None
+    assert not server.scores_inline(1)  # tens of ms a call: kept off the event loop
+    calls = registry.models["5"].calls
+    slow = client.post("/predict", json={"rows": [row(), row(KNOWN[2])]}).json()
+    assert registry.models["5"].calls == calls + 1
+    assert [p["score"] for p in slow["predictions"]] == [p["score"] for p in fast["predictions"]]
+
+
 def test_request_id_is_passed_through(client, server, registry):
     registry.champion = "1"
     server.reload()

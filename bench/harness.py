@@ -157,7 +157,9 @@ def run_isolated(name: str, quick: bool, workdir: Path, timeout: float | None) -
     if quick:
         cmd.append("--quick")
     began = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO)
+    # Run in the workdir: MLflow puts a SQLite-tracked home's artifacts under ./mlruns.
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.Popen(cmd, cwd=workdir, env={**os.environ, "PYTHONPATH": path})
     try:
         code: int | str = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

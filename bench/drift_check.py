@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.frames import month_frame
 from bench.harness import Context, Figure, median, timings
 from flywheel.config import Config, load_config
 
@@ -48,56 +49,6 @@ IMMATURE = 0.03  # share of the current window's labels not known yet
 TARGET_S = 30.0
 # Feast's TTLs for the views joined "as of" the flight (feature_repo/flights.py); the
 # others join on their keys alone.
-AS_OF_TTL = {
-    "origin_weather": pd.Timedelta(hours=3),
-    "carrier_history": pd.Timedelta(days=2),
-    "route_history": pd.Timedelta(days=2),
-}
-
-
-# --- the frames --------------------------------------------------------------------------
-
-
-def _tables(cfg: Config, month: str) -> dict[str, pd.DataFrame]:
-    from flywheel import landing
-
-    tables = landing.source_batch(cfg, month)
-    for name, spec in cfg.source.tables.items():
-        if spec.timestamp:
-            stamps = pd.to_datetime(tables[name][spec.timestamp], utc=True, format="ISO8601")
-            tables[name] = tables[name].assign(**{spec.timestamp: stamps})
-    return tables
-
-
-def month_frame(cfg: Config, month: str) -> pd.DataFrame:
-    """One row per flight of the month: its entity row joined with every feature view."""
-    from flywheel import features
-    from flywheel.features import EVENT_TS
-
-    earlier = [
-        features.entity_rows(cfg, _tables(cfg, m)[cfg.source.primary])
-        for m in features.history_months(cfg, month)
-    ]
-    earlier = [h for h in earlier if len(h)]
-    history = pd.concat(earlier, ignore_index=True) if earlier else None
-    views = features.build_features(cfg, month, _tables(cfg, month), history)
-    out = views["entity_rows"].astype(dict.fromkeys(cfg.entity_columns(), "string"))
-    out = out.sort_values(EVENT_TS, kind="stable")
-    for name in cfg.features:
-        keys = cfg.view_keys(name)
-        view = views[name].astype(dict.fromkeys(keys, "string"))
-        if name in AS_OF_TTL:
-            out = pd.merge_asof(
-                out,
-                view.sort_values(EVENT_TS),
-                on=EVENT_TS,
-                by=keys,
-                tolerance=AS_OF_TTL[name],
-                direction="backward",
-            )
-        else:
-            out = out.merge(view.drop(columns=[EVENT_TS]), on=keys, how="left")
-    return out.reset_index(drop=True)
 
 
 def scored_months(cfg: Config) -> dict[str, pd.DataFrame]:

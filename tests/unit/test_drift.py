@@ -18,22 +18,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flywheel import drift, features, landing
+from bench.frames import month_frame
+from flywheel import drift
 from flywheel.config import DEFAULT_CONFIG, Config, load_config
-from flywheel.features import EVENT_TS
 from flywheel.metrics import evaluate
 from flywheel.runspec import PREDICTION
 
 JAN, JUL = "2013-01", "2013-07"
 MAX_ROWS = 10_000  # rows per side in these tests: enough for stable distances, and quick
-# Feast's TTLs for the views joined "as of" an event (feature_repo/flights.py); the others
-# join on their keys alone.
-AS_OF_TTL = {
-    "origin_weather": pd.Timedelta(hours=3),
-    "carrier_history": pd.Timedelta(days=2),
-    "route_history": pd.Timedelta(days=2),
-}
-
 
 @pytest.fixture(scope="module")
 def cfg() -> Config:
@@ -44,42 +36,6 @@ def cfg() -> Config:
     )
 
 
-def _tables(cfg: Config, month: str) -> dict[str, pd.DataFrame]:
-    """The month's raw tables with parsed timestamps, as ingestion reads them."""
-    tables = landing.source_batch(cfg, month)
-    for name, spec in cfg.source.tables.items():
-        if spec.timestamp:
-            stamps = pd.to_datetime(tables[name][spec.timestamp], utc=True, format="ISO8601")
-            tables[name] = tables[name].assign(**{spec.timestamp: stamps})
-    return tables
-
-
-def _month_frame(cfg: Config, month: str) -> pd.DataFrame:
-    """One row per flight: the entity row joined with every view, as Feast would serve it."""
-    earlier = [
-        features.entity_rows(cfg, _tables(cfg, m)[cfg.source.primary])
-        for m in features.history_months(cfg, month)
-    ]
-    earlier = [h for h in earlier if len(h)]
-    history = pd.concat(earlier, ignore_index=True) if earlier else None
-    views = features.build_features(cfg, month, _tables(cfg, month), history)
-    out = views["entity_rows"].astype(dict.fromkeys(cfg.entity_columns(), "string"))
-    out = out.sort_values(EVENT_TS, kind="stable")
-    for name in cfg.features:
-        keys = cfg.view_keys(name)
-        view = views[name].astype(dict.fromkeys(keys, "string"))
-        if name in AS_OF_TTL:
-            out = pd.merge_asof(
-                out,
-                view.sort_values(EVENT_TS),
-                on=EVENT_TS,
-                by=keys,
-                tolerance=AS_OF_TTL[name],
-                direction="backward",
-            )
-        else:
-            out = out.merge(view.drop(columns=[EVENT_TS]), on=keys, how="left")
-    return out.reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +43,7 @@ def scored(cfg: Config) -> dict[str, pd.DataFrame]:
     """January and July with a `prediction` from a small model fit on part of January."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    frames = {m: _month_frame(cfg, m) for m in (JAN, JUL)}
+    frames = {m: month_frame(cfg, m) for m in (JAN, JUL)}
     inputs = [*cfg.feature_names(), *cfg.training.categorical]
     levels = {
         c: sorted(pd.concat([f[c] for f in frames.values()]).astype(str).unique())

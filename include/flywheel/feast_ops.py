@@ -49,15 +49,27 @@ def yaml_path(cfg: Config) -> Path:
 def _importable_repo(path: Path) -> Iterator[None]:
     # apply_total chdirs into the repo and imports its files by bare module name:
     # make that work from any caller, and give the caller its cwd and sys.path back.
+    # The definitions read $FLYWHEEL_HOME when imported, and Python would hand a second
+    # apply in this process the first one's modules: forget them on the way in and out.
     cwd, added = os.getcwd(), str(path) not in sys.path
     if added:
         sys.path.insert(0, str(path))
+    _forget_modules_under(path)
     try:
         yield
     finally:
+        _forget_modules_under(path)
         os.chdir(cwd)
         if added:
             sys.path.remove(str(path))
+
+
+def _forget_modules_under(path: Path) -> None:
+    root = str(path.resolve())
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and str(Path(file).resolve()).startswith(root + os.sep):
+            del sys.modules[name]
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.frames import month_frame
+from bench import frames
 from bench.harness import Context, Figure, median, timings
 from flywheel.config import Config, load_config
 
@@ -47,40 +47,13 @@ REPEATS, QUICK_REPEATS = 3, 1
 JITTER = 0.01  # of a continuous column's standard deviation
 IMMATURE = 0.03  # share of the current window's labels not known yet
 TARGET_S = 30.0
-# Feast's TTLs for the views joined "as of" the flight (feature_repo/flights.py); the
-# others join on their keys alone.
-
-
 def scored_months(cfg: Config) -> dict[str, pd.DataFrame]:
     """Both months with the model's score, only the columns a prediction log row has."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
     from flywheel.runspec import PREDICTION
 
-    frames = {m: month_frame(cfg, m) for m in (REFERENCE_MONTH, CURRENT_MONTH)}
-    inputs = [*cfg.feature_names(), *cfg.training.categorical]
-    levels = {
-        c: sorted(pd.concat([f[c] for f in frames.values()]).astype(str).unique())
-        for c in cfg.training.categorical
-    }
-
-    def design(frame: pd.DataFrame) -> pd.DataFrame:
-        x = frame[inputs].copy()
-        for c, cats in levels.items():
-            x[c] = pd.Categorical(x[c].astype(str), categories=cats)
-        return x
-
-    label = cfg.label.name
-    ref = frames[REFERENCE_MONTH]
-    train = ref[ref[label].notna()].sample(8000, random_state=0)
-    model = HistGradientBoostingClassifier(
-        max_iter=30, categorical_features="from_dtype", random_state=0
-    )
-    model.fit(design(train), train[label].astype(int))
-    return {
-        m: f[[*inputs, label]].assign(**{PREDICTION: model.predict_proba(design(f))[:, 1]})
-        for m, f in frames.items()
-    }
+    keep = [*cfg.feature_names(), *cfg.training.categorical, cfg.label.name, PREDICTION]
+    scored = frames.scored_months(cfg, REFERENCE_MONTH, CURRENT_MONTH)
+    return {m: f[keep] for m, f in scored.items()}
 
 
 def resample(

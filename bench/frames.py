@@ -55,3 +55,35 @@ def month_frame(cfg: Config, month: str) -> pd.DataFrame:
         else:
             out = out.merge(view.drop(columns=[EVENT_TS]), on=keys, how="left")
     return out.reset_index(drop=True)
+
+
+def scored_months(cfg: Config, reference: str, current: str) -> dict[str, pd.DataFrame]:
+    """Both months' frames with a `prediction` from a small gradient-boosting model fit on
+    8,000 labelled flights of the reference month: a stand-in champion for drift checks."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from flywheel.runspec import PREDICTION
+
+    frames = {m: month_frame(cfg, m) for m in (reference, current)}
+    inputs = [*cfg.feature_names(), *cfg.training.categorical]
+    levels = {
+        c: sorted(pd.concat([f[c] for f in frames.values()]).astype(str).unique())
+        for c in cfg.training.categorical
+    }
+
+    def design(frame: pd.DataFrame) -> pd.DataFrame:
+        x = frame[inputs].copy()
+        for c, cats in levels.items():
+            x[c] = pd.Categorical(x[c].astype(str), categories=cats)
+        return x
+
+    label = cfg.label.name
+    ref = frames[reference]
+    train = ref[ref[label].notna()].sample(8000, random_state=0)
+    model = HistGradientBoostingClassifier(
+        max_iter=30, categorical_features="from_dtype", random_state=0
+    )
+    model.fit(design(train), train[label].astype(int))
+    return {
+        m: f.assign(**{PREDICTION: model.predict_proba(design(f))[:, 1]}) for m, f in frames.items()
+    }

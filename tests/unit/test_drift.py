@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.frames import month_frame
+from bench.frames import scored_months
 from flywheel import drift
 from flywheel.config import DEFAULT_CONFIG, Config, load_config
 from flywheel.metrics import evaluate
@@ -41,30 +41,7 @@ def cfg() -> Config:
 @pytest.fixture(scope="module")
 def scored(cfg: Config) -> dict[str, pd.DataFrame]:
     """January and July with a `prediction` from a small model fit on part of January."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    frames = {m: month_frame(cfg, m) for m in (JAN, JUL)}
-    inputs = [*cfg.feature_names(), *cfg.training.categorical]
-    levels = {
-        c: sorted(pd.concat([f[c] for f in frames.values()]).astype(str).unique())
-        for c in cfg.training.categorical
-    }
-
-    def design(frame: pd.DataFrame) -> pd.DataFrame:
-        x = frame[inputs].copy()
-        for c, cats in levels.items():
-            x[c] = pd.Categorical(x[c].astype(str), categories=cats)
-        return x
-
-    jan = frames[JAN]
-    train = jan[jan[cfg.label.name].notna()].sample(8000, random_state=0)
-    model = HistGradientBoostingClassifier(
-        max_iter=30, categorical_features="from_dtype", random_state=0
-    )
-    model.fit(design(train), train[cfg.label.name].astype(int))
-    return {
-        m: f.assign(**{PREDICTION: model.predict_proba(design(f))[:, 1]}) for m, f in frames.items()
-    }
+    return scored_months(cfg, JAN, JUL)
 
 
 @dataclass

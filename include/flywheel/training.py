@@ -274,6 +274,9 @@ def train_local(spec_path: str) -> None:
         raise RuntimeError(f"training exited with {code}: {last}")
 
 
+_INHERITED_STREAMS: list[Any] = []
+
+
 def _forked_entrypoint(spec_path: str) -> tuple[int, list[str]]:
     import io
 
@@ -281,12 +284,17 @@ def _forked_entrypoint(spec_path: str) -> tuple[int, list[str]]:
     pid = os.fork()
     if pid == 0:  # the child: stdout, stderr and logging into the pipe, then the entrypoint
         code = 1
+        # Airflow's task runner opened fds 1 and 2 as sys.stdout / sys.stderr with
+        # closefd=True: replaced and collected, they would close the pipe under the child
+        # (mid-training, at a garbage collection), and its output and exit code with it.
+        # Held until os._exit, they never are.
+        _INHERITED_STREAMS.extend((sys.stdout, sys.stderr))
         try:
             os.close(read_fd)
             os.dup2(write_fd, 1)
             os.dup2(write_fd, 2)
             sys.stdout = sys.stderr = io.TextIOWrapper(
-                os.fdopen(1, "wb", closefd=False), line_buffering=True
+                os.fdopen(write_fd, "wb", closefd=False), line_buffering=True
             )
             # The parent's handlers write to Airflow's log channel: not from two processes.
             logging.root.handlers = [logging.StreamHandler(sys.stderr)]
@@ -435,6 +443,31 @@ def promote(
         reason=reason,
     )
     return record.as_dict()
+
+
+def run_outcome(
+    task_states: dict[str, str | None],
+    candidate: dict[str, Any] | None,
+    verdict: dict[str, Any] | None,
+    promoted: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What a train_model run came to, from its tasks' states and results: the answer a
+    retrain request gets, and whether the run must end failed. A task that failed (after
+    its retries) decides: the run failed, whatever else got done."""
+    failed = sorted(task for task, state in task_states.items() if state == "failed")
+    if failed:
+        result = "failed"
+    elif promoted:
+        result = "promoted"
+    else:
+        result = "refused" if verdict else "no candidate"
+    return {
+        "result": result,
+        "failed_tasks": failed,
+        "version": candidate["version"] if candidate else None,
+        "gate": verdict["summary"] if verdict else None,
+        "promoted": bool(promoted),
+    }
 
 
 def write_run_card(

@@ -29,7 +29,8 @@ every gate passed. It starts:
 7. **write_run_card**: one page joining the Airflow run, MLflow run, Feast service,
    validation result and alias state, logged to MLflow.
 8. **close_retrain_request**: a drift-triggered run marks its request answered, with the
-   outcome (promoted, refused, or no candidate), whatever happened before.
+   outcome (promoted, refused, no candidate, or failed), whatever happened before; and
+   the run ends failed when any task in it failed.
 """
 
 from __future__ import annotations
@@ -267,24 +268,30 @@ def train_model() -> None:
 
     @task(trigger_rule="all_done")
     def close_retrain_request(**context: Any) -> dict[str, Any]:
-        """Answers monitor_drift's request, whatever happened, so it is not triggered again."""
+        """Answers monitor_drift's request, whatever happened, so it is not triggered again;
+        and fails if a task before it failed: this last task decides the run's colour, and a
+        failed training must not end in a green run."""
         from flywheel.monitoring import close_request
+        from flywheel.training import run_outcome
 
+        ti, run_id = context["ti"], context["run_id"]
+        states = ti.get_task_states(dag_id=context["dag"].dag_id, run_ids=[run_id])
+        outcome = run_outcome(
+            {t: s for t, s in states.get(run_id, {}).items() if t != ti.task_id},
+            ti.xcom_pull(task_ids="register_candidate"),
+            ti.xcom_pull(task_ids="gate_candidate"),
+            ti.xcom_pull(task_ids="promote_champion"),
+        )
         request = context["params"].get("retrain_request")
+        closed = close_request(HOME, request, {"dag_run_id": run_id, **outcome}) if request else {}
+        if outcome["failed_tasks"]:
+            raise AirflowFailException(
+                f"failed: {', '.join(outcome['failed_tasks'])}"
+                + (f"; retrain request {request} closed as failed" if request else "")
+            )
         if not request:
             raise AirflowSkipException("not started by a retrain request")
-        ti = context["ti"]
-        verdict = ti.xcom_pull(task_ids="gate_candidate")
-        promoted = ti.xcom_pull(task_ids="promote_champion")
-        candidate = ti.xcom_pull(task_ids="register_candidate")
-        outcome = {
-            "dag_run_id": context["run_id"],
-            "version": candidate["version"] if candidate else None,
-            "gate": verdict["summary"] if verdict else None,
-            "promoted": bool(promoted),
-            "result": "promoted" if promoted else "refused" if verdict else "no candidate",
-        }
-        return close_request(HOME, request, outcome)
+        return closed
 
     card >> close_retrain_request()
 

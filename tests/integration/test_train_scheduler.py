@@ -14,7 +14,7 @@ import pytest
 from support import wait_for_runs
 
 from flywheel import features, landing, registry
-from flywheel.airflow_client import AirflowClient
+from flywheel.airflow_client import AirflowClient, DagRunFailed
 from flywheel.config import load_config
 from flywheel.paths import Home
 from flywheel.training_set import retrieve
@@ -158,3 +158,17 @@ def test_champion_alias_loads_and_predicts(stack):
     assert len(scores) == 50
     probabilities = scores[:, 1] if getattr(scores, "ndim", 1) == 2 else scores
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
+def test_failed_training_fails_the_run(stack, mlflow_client):
+    # A learning rate scikit-learn refuses: the entrypoint fails inside the training child.
+    conf = {"force": True, "hyperparameters": {"learning_rate": -1.0}}
+    versions = len(mlflow_client.search_model_versions(f"name = '{MODEL}'"))
+    with pytest.raises(DagRunFailed) as failed:
+        stack.client.run_dag(TRAIN, conf=conf, timeout=900)
+    assert {"train_local", "close_retrain_request"} <= set(failed.value.failed_tasks)
+    assert "learning_rate" in failed.value.logs  # the child's own error, in the task log
+    states = _states(stack.client, TRAIN, failed.value.run_id)
+    assert states["register_candidate"] == "upstream_failed"
+    assert len(mlflow_client.search_model_versions(f"name = '{MODEL}'")) == versions
+    assert registry.aliases(mlflow_client, MODEL)["champion"] == "1"

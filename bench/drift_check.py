@@ -47,6 +47,8 @@ REPEATS, QUICK_REPEATS = 3, 1
 JITTER = 0.01  # of a continuous column's standard deviation
 IMMATURE = 0.03  # share of the current window's labels not known yet
 TARGET_S = 30.0
+
+
 def scored_months(cfg: Config) -> dict[str, pd.DataFrame]:
     """Both months with the model's score, only the columns a prediction log row has."""
     from flywheel.runspec import PREDICTION

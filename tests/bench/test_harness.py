@@ -34,8 +34,11 @@ def test_ratio_is_against_the_same_runs_baseline() -> None:
 
 def test_table_shows_misses_and_errors() -> None:
     sections = {
-        "a": {"figures": [Figure("fast", 0.2, "ms", "p99 ≤ 0.5 ms", True, 0.1, "sqlite",
-                                 stat="p99").as_dict()]},
+        "a": {
+            "figures": [
+                Figure("fast", 0.2, "ms", "p99 ≤ 0.5 ms", True, 0.1, "sqlite", stat="p99").as_dict()
+            ]
+        },
         "b": {"figures": [Figure("slow", 40.0, "s", "≤ 30 s", False, 10.0).as_dict()]},
         "c": {"error": "benchmark c failed (exit 1)", "figures": []},
     }

@@ -27,6 +27,7 @@ from flywheel.runspec import PREDICTION
 JAN, JUL = "2013-01", "2013-07"
 MAX_ROWS = 10_000  # rows per side in these tests: enough for stable distances, and quick
 
+
 @pytest.fixture(scope="module")
 def cfg() -> Config:
     base = load_config(DEFAULT_CONFIG)
@@ -34,8 +35,6 @@ def cfg() -> Config:
     return base.model_copy(
         update={"monitoring": base.monitoring.model_copy(update={"drift": spec})}
     )
-
-
 
 
 @pytest.fixture(scope="module")

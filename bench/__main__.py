@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks, print the table, write bench/results.json.
 
-    python -m bench                     every benchmark (about 40 minutes on 2 cores)
+    python -m bench                     every benchmark (about 35 minutes on 2 cores)
     python -m bench --only drift_check,online_lookup
     python -m bench --quick             smallest sizes: checks the harness, not the machine
 """

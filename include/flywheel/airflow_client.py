@@ -68,11 +68,7 @@ class AirflowClient:
         return resp
 
     def _json(self, method: str, path: str, **kwargs: Any) -> JSON:
-        resp = self._request(method, path, **kwargs)
-        if not resp.ok:
-            raise AirflowError(f"{method} {path}: HTTP {resp.status_code} {resp.text[:500]}")
-        body: JSON = resp.json()
-        return body
+        return _body(self._request(method, path, **kwargs), method, path)
 
     def _all(self, path: str, key: str, params: dict[str, Any] | None = None) -> list[JSON]:
         """Every item of a list endpoint: the server caps a page at [api] maximum_page_limit."""
@@ -194,12 +190,24 @@ class AirflowClient:
         links: dict[str, str | None] = self._json("GET", path)["extra_links"]
         return links
 
-    def asset_events(self, *, source_dag_id: str | None = None) -> list[JSON]:
-        """Asset events, oldest first, optionally only those a DAG produced."""
+    def asset_events(
+        self, *, source_dag_id: str | None = None, queued_wait: float = 60.0
+    ) -> list[JSON]:
+        """Asset events, oldest first, optionally only those a DAG produced.
+
+        Airflow 3.3's endpoint answers 500 while a run that an event created is queued and
+        not started (its null start_date fails the response model: apache/airflow#71360,
+        fixed upstream by #71379). Runs start within seconds, so this asks again, for up to
+        `queued_wait` seconds, before it gives up with the server's answer."""
         params: dict[str, Any] = {"limit": 100, "order_by": "timestamp"}
         if source_dag_id:
             params["source_dag_id"] = source_dag_id
-        events: list[JSON] = self._json("GET", "/assets/events", params=params)["asset_events"]
+        deadline = time.monotonic() + queued_wait
+        while (resp := self._request("GET", "/assets/events", params=params)).status_code == 500:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        events: list[JSON] = _body(resp, "GET", "/assets/events")["asset_events"]
         return events
 
     def wait_for_run(
@@ -257,3 +265,11 @@ def _format_event(event: Any) -> str:
 
 def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _body(resp: requests.Response, method: str, path: str) -> JSON:
+    """The response's JSON, or AirflowError naming the call and the server's answer."""
+    if not resp.ok:
+        raise AirflowError(f"{method} {path}: HTTP {resp.status_code} {resp.text[:500]}")
+    body: JSON = resp.json()
+    return body
